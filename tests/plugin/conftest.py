@@ -1,0 +1,38 @@
+"""Plugin tests: real headless QGIS through pytest-qgis.
+
+The repository root *is* the plugin folder. QGIS imports it as the package
+``parcel_crop_classifier``; we import it under the same name (without copying anything) so the
+relative imports ``plugin -> ..cropmodels`` resolve exactly as inside QGIS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_PACKAGE = "parcel_crop_classifier"
+
+
+def _import_repo_as_plugin_package() -> None:
+    if PLUGIN_PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        PLUGIN_PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PLUGIN_PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+_import_repo_as_plugin_package()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.qgis)
