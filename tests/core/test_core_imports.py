@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import pkgutil
 
+import pytest
+
 import cropmodels
 from helpers import blocking, run_python
 
@@ -68,3 +70,16 @@ def test_cli_without_command_shows_help():
     result = run_python("from cropmodels.__main__ import main; raise SystemExit(main([]))")
     assert result.returncode == 2
     assert "doctor" in result.stdout
+
+
+@pytest.mark.gpu
+def test_doctor_reports_the_gpu_and_auto_picks_it():
+    import torch
+
+    from cropmodels.doctor import collect
+
+    report = collect()
+    assert report.cuda_available
+    assert report.default_device == "cuda:0"
+    assert report.devices[0]["name"] == torch.cuda.get_device_name(0)
+    assert report.devices[0]["memory_gib"] > 1
