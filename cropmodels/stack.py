@@ -1,0 +1,698 @@
+"""Discovering a Sentinel-2 image stack: dates, bands, cloud mask, grid, CRS, scale and offset.
+
+A stack is what the analyst points the plugin at. Accepted forms:
+
+* a folder of per-date rasters whose file names hold the date (``S2_20180723.tif``,
+  ``T31TFM_2019-03-05_B05.tif``) or whose tags do (``ACQUISITION_DATE``); one file per date with
+  all ten bands, or one file per date and band (20 m bands are resampled to the 10 m grid);
+* one multi-band raster (GeoTIFF or VRT) whose band descriptions carry date and band,
+  e.g. ``20190305_B02`` ... ``20190305_SCL``;
+* a JSON descriptor listing files, dates and, optionally, cloud masks, scale and offset.
+
+Cloud masks are Sen2Cor scene classifications (SCL): a band called SCL, a file whose name holds
+``SCL`` next to the images, or one in a sibling folder (``../scl``). Classes 3 (cloud shadow),
+8, 9 (cloud medium/high probability) and 10 (thin cirrus) are cloudy; 0 (no data) and 1
+(saturated/defective) are not observations at all.
+
+Values are converted to one canonical unit, *reflectance x 10000 with the L2A offset removed*,
+so that data from before and after processing baseline 04.00 (which adds ``BOA_ADD_OFFSET =
+-1000``) are comparable: ``canonical = (DN + offset) * scale / 1e-4``.
+
+Every date is read on the grid of the first date; a date on another grid or CRS is warped to it
+(bilinear for reflectance, nearest for the cloud mask) and the log says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+PAPER_BANDS: tuple[str, ...] = (
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B11",
+    "B12",
+)
+CLOUD_CLASSES: tuple[int, ...] = (3, 8, 9, 10)
+NOT_OBSERVED_CLASSES: tuple[int, ...] = (0, 1)
+CANONICAL_SCALE = 1e-4
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+MASK_FOLDER_NAMES = ("scl", "SCL", "masks", "mask", "clouds", "cloud")
+
+_DATE_RE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
+_BAND_RE = re.compile(r"(?<![A-Z0-9])B(\d{1,2})(A?)(?![0-9])")
+_SCL_RE = re.compile(r"(?<![A-Z])SCL(?![A-Z])")
+_DATE_TAGS = (
+    "ACQUISITION_DATE", "ACQUISITION_DATETIME", "DATE_ACQUIRED", "SENSING_TIME",
+    "DATATAKE_SENSING_START", "PRODUCT_START_TIME", "DATE", "TIFFTAG_DATETIME",
+)  # fmt: skip
+
+
+class StackError(ValueError):
+    """The stack cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class BandRef:
+    """One band of one file (1-based ``index`` as in GDAL)."""
+
+    path: str
+    index: int
+
+
+@dataclass(frozen=True)
+class DateEntry:
+    date: dt.date
+    bands: tuple[BandRef, ...]  # the ten bands, in PAPER_BANDS order
+    cloud: BandRef | None
+    scale: float = CANONICAL_SCALE
+    offset: float = 0.0
+    nodata: float | None = None
+    binary_mask: bool = False  # the mask is cloud (non-zero) / clear (zero), not SCL
+
+    @property
+    def factor(self) -> float:
+        """Multiplier from ``DN + offset`` to the canonical unit."""
+        return self.scale / CANONICAL_SCALE
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: Any  # rasterio.crs.CRS
+    transform: Any  # affine.Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the grid's CRS."""
+        from rasterio.transform import array_bounds
+
+        return array_bounds(self.height, self.width, self.transform)
+
+    def same_as(self, other: Grid) -> bool:
+        return (
+            self.width == other.width
+            and self.height == other.height
+            and self.crs == other.crs
+            and self.transform.almost_equals(other.transform, precision=1e-6)
+        )
+
+
+@dataclass
+class Stack:
+    """A described stack: everything needed to read any window of any date on one grid."""
+
+    source: str
+    grid: Grid
+    dates: list[DateEntry]
+    cloud_classes: tuple[int, ...] = CLOUD_CLASSES
+    not_observed_classes: tuple[int, ...] = NOT_OBSERVED_CLASSES
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+    @property
+    def day_of_year(self) -> list[int]:
+        return [d.date.timetuple().tm_yday for d in self.dates]
+
+    @property
+    def has_cloud_mask(self) -> bool:
+        return any(d.cloud is not None for d in self.dates)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description recorded with extracted data (stores, model cards)."""
+        return {
+            "source": self.source,
+            "crs": self.grid.crs.to_string(),
+            "transform": list(self.grid.transform)[:6],
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "bands": list(PAPER_BANDS),
+            "unit": "reflectance x 10000 (offset removed)",
+            "cloud_classes": list(self.cloud_classes),
+            "not_observed_classes": list(self.not_observed_classes),
+            "dates": [
+                {
+                    "date": d.date.isoformat(),
+                    "files": sorted({b.path for b in d.bands}),
+                    "cloud_mask": d.cloud.path if d.cloud else None,
+                    "scale": d.scale,
+                    "offset": d.offset,
+                    "nodata": d.nodata,
+                }
+                for d in self.dates
+            ],
+            "notes": list(self.notes),
+        }
+
+    def reader(self) -> StackReader:
+        return StackReader(self)
+
+
+class StackReader:
+    """Open datasets of a stack; reads windows of one date on the stack grid.
+
+    Not thread-safe: GDAL dataset handles must not be shared between threads, so every worker
+    thread opens its own reader (cheap: opening is lazy, no pixel is decoded).
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self._exit = ExitStack()
+        self._handles: dict[tuple[str, bool], Any] = {}
+
+    def __enter__(self) -> StackReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._exit.close()
+        self._handles.clear()
+
+    def _open(self, path: str, categorical: bool) -> Any:
+        key = (path, categorical)
+        if key not in self._handles:
+            import rasterio
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            src = self._exit.enter_context(rasterio.open(path))
+            grid = self.stack.grid
+            if _grid_of(src).same_as(grid):
+                self._handles[key] = src
+            else:
+                self._handles[key] = self._exit.enter_context(
+                    WarpedVRT(
+                        src,
+                        crs=grid.crs,
+                        transform=grid.transform,
+                        width=grid.width,
+                        height=grid.height,
+                        resampling=Resampling.nearest if categorical else Resampling.bilinear,
+                    )
+                )
+        return self._handles[key]
+
+    def read(self, t: int, window: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Read date ``t`` in ``window`` (a rasterio Window on the stack grid).
+
+        Returns ``values`` (10, h, w) in the source dtype, as stored (apply
+        :func:`to_canonical`), and ``observed_clear`` (h, w) bool: the pixel was observed, is not
+        nodata and is not cloud, cloud shadow or cirrus.
+        """
+        entry = self.stack.dates[t]
+        values = self._read_bands(entry, window)
+        clear = np.ones(values.shape[1:], dtype=bool)
+        if entry.nodata is not None:
+            clear &= ~np.any(values == np.asarray(entry.nodata, dtype=values.dtype), axis=0)
+        if np.issubdtype(values.dtype, np.floating):
+            clear &= ~np.any(np.isnan(values), axis=0)
+        if entry.cloud is not None:
+            mask = self._open(entry.cloud.path, True).read(entry.cloud.index, window=window)
+            if entry.binary_mask:
+                clear &= mask == 0
+            else:
+                bad = np.asarray(self.stack.cloud_classes + self.stack.not_observed_classes)
+                clear &= ~np.isin(mask, bad)
+        return values, clear
+
+    def _read_bands(self, entry: DateEntry, window: Any) -> np.ndarray:
+        by_file: dict[str, list[tuple[int, int]]] = {}
+        for position, ref in enumerate(entry.bands):
+            by_file.setdefault(ref.path, []).append((position, ref.index))
+        if len(by_file) == 1:
+            ((path, pairs),) = by_file.items()
+            return self._open(path, False).read([i for _, i in pairs], window=window)
+        out: np.ndarray | None = None
+        for path, pairs in by_file.items():
+            data = self._open(path, False).read([i for _, i in pairs], window=window)
+            if out is None:
+                out = np.empty((len(entry.bands), *data.shape[1:]), dtype=data.dtype)
+            out[[p for p, _ in pairs]] = data
+        assert out is not None
+        return out
+
+
+def to_canonical(values: np.ndarray, entry: DateEntry) -> np.ndarray:
+    """Source values -> float32 reflectance x 10000 with the offset removed."""
+    out = values.astype(np.float32)
+    if entry.offset:
+        out += np.float32(entry.offset)
+    factor = entry.factor
+    if factor != 1.0:
+        out *= np.float32(factor)
+    return out
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def open_stack(source: str | Path | Stack, **options: Any) -> Stack:
+    """Describe the stack at ``source`` (folder, multi-band raster or JSON descriptor).
+
+    ``options`` override what is read from the files: ``scale``, ``offset``, ``nodata``,
+    ``cloud_classes``. Raises :class:`StackError` with an actionable message.
+    """
+    if isinstance(source, Stack):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise StackError(f"The image stack {path} does not exist.")
+    if path.is_dir():
+        stack = _from_folder(path, options)
+    elif path.suffix.lower() == ".json":
+        stack = _from_descriptor(path, options)
+    else:
+        stack = _from_multiband(path, options)
+    _check(stack)
+    for note in stack.notes:
+        LOG.info("%s", note)
+    LOG.info(
+        "Stack %s: %d dates (%s to %s), %d x %d px, %s, cloud mask %s",
+        stack.source, len(stack), stack.dates[0].date, stack.dates[-1].date,
+        stack.grid.width, stack.grid.height, stack.grid.crs.to_string(),
+        "yes" if stack.has_cloud_mask else "no",
+    )  # fmt: skip
+    return stack
+
+
+def parse_date(text: str) -> dt.date | None:
+    """First valid ``YYYYMMDD`` or ``YYYY-MM-DD`` in ``text`` (file names, tags)."""
+    for match in _DATE_RE.finditer(text):
+        try:
+            return dt.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            continue
+    tiff = re.search(r"(\d{4}):(\d{2}):(\d{2})", text)  # TIFFTAG_DATETIME
+    if tiff:
+        try:
+            return dt.date(int(tiff[1]), int(tiff[2]), int(tiff[3]))
+        except ValueError:
+            return None
+    return None
+
+
+def band_name(text: str) -> str | None:
+    """Canonical Sentinel-2 band name in ``text``: ``B2``/``B02`` -> ``B02``, ``b8a`` -> ``B8A``."""
+    match = _BAND_RE.search(text.upper())
+    if not match:
+        return None
+    number = int(match[1])
+    if not 1 <= number <= 12:
+        return None
+    return f"B{number}A" if match[2] else f"B{number:02d}"
+
+
+def is_scl(text: str) -> bool:
+    return bool(_SCL_RE.search(text.upper()))
+
+
+def _grid_of(ds: Any) -> Grid:
+    return Grid(ds.crs, ds.transform, ds.width, ds.height)
+
+
+def _tag_date(ds: Any) -> dt.date | None:
+    tags = ds.tags()
+    for key in _DATE_TAGS:
+        if key in tags:
+            found = parse_date(tags[key])
+            if found:
+                return found
+    return None
+
+
+def _scale_offset(ds: Any, bidx: int, options: dict[str, Any]) -> tuple[float, float]:
+    """Scale and offset of the file, from options, GDAL metadata or Sentinel-2 tags."""
+    tags = ds.tags()
+    scale = options.get("scale")
+    offset = options.get("offset")
+    gdal_scale, gdal_offset = ds.scales[bidx - 1], ds.offsets[bidx - 1]
+    if scale is None:
+        if gdal_scale not in (None, 1.0) or gdal_offset not in (None, 0.0):
+            scale = float(gdal_scale)
+            # GDAL: value = raw * scale + offset  ->  (raw + offset/scale) * scale
+            offset = float(gdal_offset) / float(gdal_scale) if offset is None else offset
+        elif "REFLECTANCE_SCALE" in tags:
+            scale = float(tags["REFLECTANCE_SCALE"])
+        elif "QUANTIFICATION_VALUE" in tags or "BOA_QUANTIFICATION_VALUE" in tags:
+            scale = 1.0 / float(
+                tags.get("BOA_QUANTIFICATION_VALUE", tags.get("QUANTIFICATION_VALUE"))
+            )
+        elif np.issubdtype(np.dtype(ds.dtypes[bidx - 1]), np.floating):
+            scale = CANONICAL_SCALE
+            LOG.warning(
+                "%s holds floating-point values and says nothing about their scale; assuming "
+                "reflectance x 10000. If they are reflectances in 0-1, give scale=1 in a JSON "
+                "stack descriptor.", ds.name,
+            )  # fmt: skip
+        else:
+            scale = CANONICAL_SCALE
+    if offset is None:
+        if "BOA_ADD_OFFSET" in tags:
+            offset = float(tags["BOA_ADD_OFFSET"])
+        elif _baseline_at_least_4(tags.get("PROCESSING_BASELINE", "")):
+            offset = -1000.0
+        else:
+            offset = 0.0
+    return float(scale), float(offset)
+
+
+def _baseline_at_least_4(text: str) -> bool:
+    try:
+        return float(text.strip().lstrip("N").replace("_", ".")) >= 4.0 if text.strip() else False
+    except ValueError:
+        return False
+
+
+def _match_bands(descriptions: Sequence[str | None], where: str) -> dict[str, int] | None:
+    """Map paper band -> 1-based index by description; None when descriptions say nothing."""
+    found: dict[str, int] = {}
+    for index, desc in enumerate(descriptions, start=1):
+        name = band_name(desc or "")
+        if name in PAPER_BANDS and name not in found:
+            found[name] = index
+    if not found:
+        return None
+    missing = [b for b in PAPER_BANDS if b not in found]
+    if missing:
+        raise StackError(
+            f"{where} names its bands but lacks {', '.join(missing)}. The models need the ten "
+            f"bands {', '.join(PAPER_BANDS)}."
+        )
+    return found
+
+
+def _date_file(
+    path: Path, options: dict[str, Any]
+) -> tuple[dt.date | None, list[BandRef], BandRef | None, dict[str, Any]]:
+    """Inspect one raster: its date, the paper bands it holds, an SCL band, and its metadata."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        date = parse_date(path.name) or _tag_date(ds)
+        descriptions = [
+            d or ds.tags(i).get("BAND_NAME") or "" for i, d in enumerate(ds.descriptions, start=1)
+        ]
+        scl = None
+        if is_scl(path.name) and ds.count == 1:
+            return date, [], BandRef(str(path), 1), {}
+        for i, desc in enumerate(descriptions, start=1):
+            if is_scl(desc):
+                scl = BandRef(str(path), i)
+        matched = _match_bands(descriptions, str(path))
+        single = band_name(path.stem)
+        if matched is None and single and ds.count == 1:
+            bands = [BandRef(str(path), 1)]
+            names = [single]
+        elif matched is None:
+            count = ds.count - (1 if scl else 0)
+            if count != len(PAPER_BANDS):
+                raise StackError(
+                    f"{path} has {ds.count} bands without band names. Name the bands "
+                    f"({', '.join(PAPER_BANDS)}) in the band descriptions, or give exactly ten "
+                    "bands in that order."
+                )
+            bands = [BandRef(str(path), i) for i in range(1, 11)]
+            names = list(PAPER_BANDS)
+        else:
+            names = list(PAPER_BANDS)
+            bands = [BandRef(str(path), matched[b]) for b in PAPER_BANDS]
+        scale, offset = _scale_offset(ds, bands[0].index, options)
+        meta = {
+            "names": names,
+            "grid": _grid_of(ds),
+            "scale": scale,
+            "offset": offset,
+            "nodata": options.get("nodata", ds.nodata),
+        }
+        return date, bands, scl, meta
+
+
+def _rasters_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+    )
+
+
+def _from_folder(folder: Path, options: dict[str, Any]) -> Stack:
+    files = _rasters_in(folder)
+    mask_files = [p for p in files if is_scl(p.name)]
+    for name in MASK_FOLDER_NAMES:
+        for candidate in (folder / name, folder.parent / name):
+            if candidate.is_dir() and candidate.resolve() != folder.resolve():
+                mask_files += [p for p in _rasters_in(candidate)]
+    image_files = [p for p in files if p not in mask_files]
+    if not image_files:
+        raise StackError(
+            f"No raster files ({', '.join(RASTER_SUFFIXES)}) in {folder}. Point the stack at the "
+            "folder that holds one image per date (e.g. S2_20180723.tif)."
+        )
+
+    per_date: dict[dt.date, dict[str, Any]] = {}
+    for path in image_files:
+        date, bands, scl, meta = _date_file(path, options)
+        if date is None:
+            raise StackError(
+                f"Cannot tell the date of {path.name}: put it in the file name (YYYYMMDD or "
+                "YYYY-MM-DD) or in an ACQUISITION_DATE tag, or list the files in a JSON descriptor."
+            )
+        slot = per_date.setdefault(date, {"bands": {}, "scl": None, "meta": None, "files": []})
+        slot["files"].append(path.name)
+        for name, ref in zip(meta.get("names", []), bands, strict=True):
+            if name in slot["bands"]:
+                raise StackError(
+                    f"Two images for {date} both hold {name}: {', '.join(slot['files'])}. "
+                    "Keep one per date (mosaic them first) or list them in a JSON descriptor."
+                )
+            slot["bands"][name] = (ref, meta)
+        if scl is not None:
+            slot["scl"] = scl
+
+    masks: dict[dt.date, BandRef] = {}
+    for path in mask_files:
+        date = parse_date(path.name)
+        if date is not None:
+            masks.setdefault(date, BandRef(str(path), 1))
+
+    reference: Grid | None = None
+    entries: list[DateEntry] = []
+    notes: list[str] = []
+    for date in sorted(per_date):
+        slot = per_date[date]
+        missing = [b for b in PAPER_BANDS if b not in slot["bands"]]
+        if missing:
+            raise StackError(
+                f"The images of {date} ({', '.join(slot['files'])}) lack {', '.join(missing)}."
+            )
+        refs = tuple(slot["bands"][b][0] for b in PAPER_BANDS)
+        first_meta = slot["bands"][PAPER_BANDS[0]][1]  # B02 is a 10 m band: its grid rules
+        if reference is None:
+            reference = first_meta["grid"]
+        entries.append(
+            DateEntry(
+                date=date,
+                bands=refs,
+                cloud=slot["scl"] or masks.get(date),
+                scale=first_meta["scale"],
+                offset=first_meta["offset"],
+                nodata=first_meta["nodata"],
+            )
+        )
+    assert reference is not None
+    notes += _grid_notes(entries, reference)
+    return Stack(
+        source=str(folder),
+        grid=reference,
+        dates=entries,
+        cloud_classes=tuple(options.get("cloud_classes", CLOUD_CLASSES)),
+        notes=notes,
+    )
+
+
+def _grid_notes(entries: Iterable[DateEntry], reference: Grid) -> list[str]:
+    import rasterio
+
+    notes = []
+    seen: dict[str, Grid] = {}
+    for entry in entries:
+        refs = [*entry.bands, *([entry.cloud] if entry.cloud else [])]
+        for ref in refs:
+            if ref.path not in seen:
+                with rasterio.open(ref.path) as ds:
+                    seen[ref.path] = _grid_of(ds)
+            grid = seen[ref.path]
+            if not grid.same_as(reference):
+                what = "CRS" if grid.crs != reference.crs else "grid"
+                notes.append(
+                    f"{Path(ref.path).name} ({entry.date}) is on another {what} "
+                    f"({grid.crs.to_string()}, {abs(grid.transform.a):g} m); warped to the grid "
+                    "of the first date."
+                )
+    return notes
+
+
+def _from_multiband(path: Path, options: dict[str, Any]) -> Stack:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        descriptions = [d or "" for d in ds.descriptions]
+        dated = [(i, parse_date(d), d) for i, d in enumerate(descriptions, start=1)]
+        grid = _grid_of(ds)
+        if not any(date for _, date, _ in dated):
+            # Not a time series: one date, from the file name or tags.
+            date = parse_date(path.name) or _tag_date(ds)
+            if date is None:
+                raise StackError(
+                    f"{path.name} is a single raster without dates in its band descriptions "
+                    "(e.g. 20190305_B02) or in its name. Give a folder of per-date files or a "
+                    "JSON descriptor instead."
+                )
+        else:
+            date = None
+        scale, offset = _scale_offset(ds, 1, options)
+        nodata = options.get("nodata", ds.nodata)
+    if date is not None:
+        _, bands, scl, meta = _date_file(path, options)
+        entries = [
+            DateEntry(date, tuple(bands), scl, meta["scale"], meta["offset"], meta["nodata"])
+        ]
+        return Stack(str(path), grid, entries, tuple(options.get("cloud_classes", CLOUD_CLASSES)))
+
+    groups: dict[dt.date, dict[str, int]] = {}
+    for index, date, desc in dated:
+        if date is None:
+            raise StackError(
+                f"Band {index} of {path.name} ({desc!r}) has no date while others do; describe "
+                "every band as <YYYYMMDD>_<band>, e.g. 20190305_B02."
+            )
+        key = (
+            "SCL"
+            if is_scl(desc.replace(date.strftime("%Y%m%d"), ""))
+            else band_name(_DATE_RE.sub("", desc))
+        )
+        if key is None:
+            continue
+        groups.setdefault(date, {})[key] = index
+    entries = []
+    for date in sorted(groups):
+        names = groups[date]
+        missing = [b for b in PAPER_BANDS if b not in names]
+        if missing:
+            raise StackError(f"{path.name} lacks {', '.join(missing)} for {date}.")
+        cloud = BandRef(str(path), names["SCL"]) if "SCL" in names else None
+        entries.append(
+            DateEntry(
+                date,
+                tuple(BandRef(str(path), names[b]) for b in PAPER_BANDS),
+                cloud,
+                scale,
+                offset,
+                nodata,
+            )
+        )
+    return Stack(str(path), grid, entries, tuple(options.get("cloud_classes", CLOUD_CLASSES)))
+
+
+def _from_descriptor(path: Path, options: dict[str, Any]) -> Stack:
+    """JSON: ``{"dates": [{"date": "2019-03-05", "path": "a.tif", "cloud_mask": "scl.tif"}],
+    "scale": 1e-4, "offset": 0, "nodata": 0, "cloud_classes": [3, 8, 9, 10],
+    "cloud_mask_kind": "scl" | "binary"}``; ``path`` may also map band names to files.
+    Relative paths are relative to the descriptor."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StackError(f"Cannot read the stack descriptor {path}: {exc}") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("dates"), list) or not spec["dates"]:
+        raise StackError(f"{path}: a stack descriptor needs a non-empty list 'dates'.")
+    merged = {k: spec[k] for k in ("scale", "offset", "nodata", "cloud_classes") if k in spec}
+    merged.update(options)
+    binary = spec.get("cloud_mask_kind", "scl") == "binary"
+    base = path.parent
+    entries: list[DateEntry] = []
+    reference: Grid | None = None
+    for i, item in enumerate(spec["dates"]):
+        try:
+            date = dt.date.fromisoformat(str(item["date"]).replace("/", "-"))
+        except (KeyError, ValueError) as exc:
+            raise StackError(f"{path}: entry {i} needs a 'date' as YYYY-MM-DD ({exc}).") from exc
+        files = item.get("path")
+        if isinstance(files, dict):
+            refs = []
+            metas = []
+            for band in PAPER_BANDS:
+                if band not in files:
+                    raise StackError(f"{path}: {date} lacks band {band}.")
+                _, b, _, meta = _date_file(base / files[band], merged)
+                refs.append(b[0])
+                metas.append(meta)
+            meta = metas[0]
+            bands = refs
+        elif isinstance(files, str):
+            _, bands, _, meta = _date_file(base / files, merged)
+        else:
+            raise StackError(f"{path}: entry {i} ({date}) needs a 'path'.")
+        if reference is None:
+            reference = meta["grid"]
+        mask = item.get("cloud_mask")
+        entries.append(
+            DateEntry(
+                date,
+                tuple(bands),
+                BandRef(str(base / mask), 1) if mask else None,
+                meta["scale"],
+                meta["offset"],
+                meta["nodata"],
+                binary,
+            )
+        )
+    entries.sort(key=lambda e: e.date)
+    assert reference is not None
+    return Stack(
+        str(path),
+        reference,
+        entries,
+        tuple(merged.get("cloud_classes", CLOUD_CLASSES)),
+        notes=_grid_notes(entries, reference),
+    )
+
+
+def _check(stack: Stack) -> None:
+    dates = [e.date for e in stack.dates]
+    if len(set(dates)) != len(dates):
+        raise StackError(f"{stack.source} lists some dates twice; keep one image per date.")
+    if stack.grid.crs is None:
+        raise StackError(
+            f"{stack.source} has no coordinate reference system; assign one (e.g. with "
+            "gdal_edit.py -a_srs EPSG:32631) before classifying."
+        )
+    if not stack.grid.crs.is_projected:
+        LOG.warning(
+            "%s is in a geographic CRS (%s); patches are built on its grid, whose pixels are "
+            "not square on the ground. Sentinel-2 UTM tiles are preferable.",
+            stack.source, stack.grid.crs.to_string(),
+        )  # fmt: skip
+    if not stack.has_cloud_mask:
+        stack.notes.append(
+            "No cloud mask (SCL) found: every pixel that is not nodata counts as clear."
+        )
