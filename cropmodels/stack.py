@@ -19,7 +19,8 @@ so that data from before and after processing baseline 04.00 (which adds ``BOA_A
 -1000``) are comparable: ``canonical = (DN + offset) * scale / 1e-4``.
 
 Every date is read on the grid of the first date; a date on another grid or CRS is warped to it
-(bilinear for reflectance, nearest for the cloud mask) and the log says so.
+and the log says so: bands of another resolution in the same CRS (20 m bands) by nearest
+neighbour, which keeps measured values; another CRS by bilinear; cloud masks always by nearest.
 """
 
 from __future__ import annotations
@@ -202,6 +203,9 @@ class StackReader:
             if _grid_of(src).same_as(grid):
                 self._handles[key] = src
             else:
+                # Same CRS (a 20 m band on the 10 m grid): nearest keeps the measured values,
+                # as Sen2Cor-style duplication does. Another CRS: bilinear for reflectance.
+                nearest = categorical or src.crs == grid.crs
                 self._handles[key] = self._exit.enter_context(
                     WarpedVRT(
                         src,
@@ -209,7 +213,7 @@ class StackReader:
                         transform=grid.transform,
                         width=grid.width,
                         height=grid.height,
-                        resampling=Resampling.nearest if categorical else Resampling.bilinear,
+                        resampling=Resampling.nearest if nearest else Resampling.bilinear,
                     )
                 )
         return self._handles[key]

@@ -1,0 +1,524 @@
+"""The paper's patch extractor and handcrafted features, streamed block by block.
+
+For every parcel and every date (Garnot et al. 2019, section 3.1):
+
+1. the bounding-box window of the polygon on the stack grid; the polygon is rasterised into it
+   (pixels whose centre lies inside) and every other pixel is set to 0;
+2. cloudy pixels (SCL classes 3, 8, 9, 10; see :mod:`.stack`) are replaced by linear
+   interpolation in time between the previous and the next clear observation *of that pixel*,
+   weighted by the days between them; at the ends of the series the nearest clear observation
+   is used;
+3. the window is resized to ``patch_size`` x ``patch_size`` (32) with a separable triangle
+   filter: bilinear interpolation when enlarging (most parcels), an area-weighted antialiasing
+   filter as wide as the reduction factor when shrinking (large parcels), as PIL's bilinear
+   resize does. It is applied as a *normalised convolution*: values x mask and the mask itself
+   are filtered and divided, so the zeros outside the parcel never darken the parcel's border
+   pixels. Output pixels with at least half of their weight on the parcel keep the parcel's
+   values (``mask``); the others are 0.
+
+Handcrafted features (the GRU's input): per date, the mean and the standard deviation
+(population, ddof=0) of each band over the parcel's *clear* pixels at native resolution, i.e.
+``(T, 20)`` = 10 means then 10 stds. A date on which no pixel of the parcel is clear gets its
+features interpolated in time from the neighbouring dates, like pixels.
+
+Values are in the canonical unit of :mod:`.stack` (reflectance x 10000, offset removed).
+
+Streaming: parcels are sorted by their top row; the stack is read in full-width row chunks
+aligned to the files' internal blocks, every date of a chunk read in parallel threads, the next
+chunk read while the parcels of the current one are processed. A chunk is released as soon as
+no remaining parcel needs it, so memory is bounded by ``memory_mb`` whatever the number of
+parcels, and each pixel of each date is decoded once. Only parcels taller than the budget allows
+are read on their own (and their rows decoded a second time; the log says how many).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
+from .stack import PAPER_BANDS, Stack, StackError, open_stack
+
+LOG = logging.getLogger(__name__)
+
+N_BANDS = len(PAPER_BANDS)
+N_FEATURES = 2 * N_BANDS
+
+OK = "ok"
+OUTSIDE = "outside_stack"
+PARTLY_OUTSIDE = "partly_outside"
+TOO_SMALL = "too_small"
+NO_CLEAR = "no_clear_observation"
+INVALID = "invalid_geometry"
+STATUS_TEXT = {
+    OK: "extracted",
+    PARTLY_OUTSIDE: "extracted from the part of the parcel inside the stack",
+    OUTSIDE: "the parcel does not overlap the image stack",
+    TOO_SMALL: "the parcel contains no pixel centre (smaller than a pixel)",
+    NO_CLEAR: "no pixel of the parcel is clear on any date",
+    INVALID: "empty, missing or non-polygon geometry",
+}
+USABLE = frozenset({OK, PARTLY_OUTSIDE})
+
+
+class ParcelError(ValueError):
+    """The parcel layer cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    patch_size: int = 32
+    memory_mb: float = 1024.0  # budget for the row buffer of the stack
+    workers: int = 0  # threads reading dates; 0 = one per core
+    clear_date_fraction: float = 0.5  # a date is clear for a parcel when this share is clear
+
+    def n_workers(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ParcelData:
+    """Everything extracted for one parcel. Arrays are None when the status is not usable."""
+
+    index: int  # 0-based position of the parcel in the input layer
+    status: str
+    n_pixels: int
+    cloud_fraction: np.ndarray  # (T,) share of the parcel's pixels not clear, per date
+    n_clear_dates: int
+    patches: np.ndarray | None = None  # (T, 10, P, P) float32, 0 outside the parcel
+    mask: np.ndarray | None = None  # (P, P) bool, parcel pixels of the patch
+    features: np.ndarray | None = None  # (T, 20) float32: means of the 10 bands, then stds
+    geometry_repaired: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE
+
+
+@dataclass
+class _Job:
+    index: int
+    geometry: Any
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    partly_outside: bool
+    repaired: bool
+
+
+@dataclass
+class _Chunk:
+    row0: int
+    row1: int
+    values: np.ndarray  # (T, 10, rows, cols)
+    clear: np.ndarray  # (T, rows, cols)
+
+
+@dataclass
+class ExtractionSummary:
+    """Counts by status, and how much was read; filled in while :func:`extract` runs."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows_read: int = 0
+    rows_reread: int = 0
+    peak_buffer_mb: float = 0.0
+
+    def add(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+
+# -- numerical building blocks ---------------------------------------------------------------
+
+
+def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of a 1-D triangle-filter resize (pixel-centre aligned).
+
+    Support 1 input pixel when enlarging (bilinear), ``n_in / n_out`` when shrinking
+    (antialiasing); rows sum to 1, so a constant stays constant.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale
+    inputs = np.arange(n_in) + 0.5
+    weights = np.maximum(0.0, 1.0 - np.abs(inputs[None, :] - centres[:, None]) / support)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.astype(np.float32)
+
+
+def resize_masked(values: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (..., h, w) ``values`` of the pixels where ``mask`` (h, w) holds to size x size.
+
+    Normalised convolution: the outside never leaks into the parcel's values. Returns the
+    resized values (0 outside) and the resized boolean mask.
+    """
+    h, w = mask.shape
+    ry = resample_matrix(h, size)
+    rx_t = resample_matrix(w, size).T
+    weight = mask.astype(np.float32)
+    coverage = ry @ weight @ rx_t
+    filtered = np.matmul(np.matmul(ry, values * weight), rx_t)
+    keep = coverage >= min(0.5, 0.5 * float(coverage.max()))
+    out = np.zeros_like(filtered)
+    np.divide(filtered, coverage, out=out, where=keep)
+    return out, keep
+
+
+def interpolate_in_time(values: np.ndarray, clear: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Fill the non-clear observations of each pixel by linear interpolation in time.
+
+    ``values`` (T, C, P), ``clear`` (T, P) bool, ``days`` (T,) increasing day numbers. Between
+    the previous and next clear dates of a pixel the value is linear in days; before the first
+    and after the last clear date it is the nearest clear value; a pixel never clear is NaN.
+    """
+    t_count = values.shape[0]
+    steps = np.arange(t_count)[:, None]
+    prev = np.maximum.accumulate(np.where(clear, steps, -1), axis=0)
+    nxt = np.minimum.accumulate(np.where(clear, steps, t_count)[::-1], axis=0)[::-1]
+    has_prev, has_next = prev >= 0, nxt < t_count
+    p = np.clip(prev, 0, t_count - 1)
+    q = np.clip(nxt, 0, t_count - 1)
+    vp = np.take_along_axis(values, p[:, None, :], axis=0)
+    vq = np.take_along_axis(values, q[:, None, :], axis=0)
+    dp, dq, d = days[p], days[q], days[:, None]
+    span = np.where(dq > dp, dq - dp, 1)
+    w = np.where(has_prev & has_next, (d - dp) / span, 0.0).astype(np.float32)[:, None, :]
+    out = vp + w * (vq - vp)
+    out = np.where((~has_prev)[:, None, :], vq, out)
+    return np.where((~has_prev & ~has_next)[:, None, :], np.float32(np.nan), out)
+
+
+def parcel_features(values: np.ndarray, clear: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(T, 20) per-date mean and std of each band over the clear pixels; see module docstring."""
+    weights = clear[:, None, :].astype(np.float32)
+    count = weights.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (values * weights).sum(axis=2) / count
+        var = (((values - mean[:, :, None]) ** 2) * weights).sum(axis=2) / count
+    feats = np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
+    observed = count[:, 0] > 0
+    if not observed.all():
+        feats = interpolate_in_time(feats[:, :, None], observed[:, None], days)[:, :, 0]
+    return feats.astype(np.float32)
+
+
+# -- parcels ---------------------------------------------------------------------------------
+
+
+def read_parcels(parcels: Any, layer: str | None = None) -> Any:
+    """A GeoDataFrame from any OGR source (path) or an existing GeoDataFrame."""
+    import geopandas as gpd
+
+    if isinstance(parcels, gpd.GeoDataFrame):
+        return parcels
+    path = Path(parcels)
+    if not path.exists():
+        raise ParcelError(f"The parcel file {path} does not exist.")
+    try:
+        return gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
+    except Exception as exc:  # fiona raises many types
+        raise ParcelError(f"Cannot read parcels from {path}: {exc}") from exc
+
+
+def _polygonal(geom: Any) -> tuple[Any | None, bool]:
+    """(polygonal geometry or None, repaired?)."""
+    from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
+    from shapely.validation import make_valid
+
+    if geom is None or geom.is_empty:
+        return None, False
+    repaired = False
+    if not geom.is_valid:
+        geom, repaired = make_valid(geom), True
+    if isinstance(geom, Polygon | MultiPolygon):
+        return (geom if not geom.is_empty else None), repaired
+    if isinstance(geom, GeometryCollection):
+        parts = [g for g in geom.geoms if isinstance(g, Polygon | MultiPolygon) and not g.is_empty]
+        if parts:
+            polys = [p for g in parts for p in (g.geoms if isinstance(g, MultiPolygon) else [g])]
+            return MultiPolygon(polys), True
+    return None, repaired
+
+
+def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool]]]:
+    """Windows of the usable parcels, and (index, status, repaired) of the others."""
+    transform = stack.grid.transform
+    if transform.b != 0 or transform.d != 0:
+        raise StackError("Rotated image grids are not supported; warp the stack north-up first.")
+    if gdf.crs is None:
+        raise ParcelError(
+            "The parcel layer has no coordinate reference system; set its CRS (Layer "
+            "Properties > Source) before classifying."
+        )
+    if gdf.crs != stack.grid.crs:
+        LOG.info("Reprojecting %d parcels from %s to %s", len(gdf), gdf.crs, stack.grid.crs)
+        gdf = gdf.to_crs(stack.grid.crs)
+    x0, y0 = transform.c, transform.f
+    dx, dy = transform.a, -transform.e
+    height, width = stack.grid.height, stack.grid.width
+    jobs: list[_Job] = []
+    failed: list[tuple[int, str, bool]] = []
+    eps = 1e-6
+    for index, geom in enumerate(gdf.geometry.values):
+        geom, repaired = _polygonal(geom)
+        if geom is None:
+            failed.append((index, INVALID, repaired))
+            continue
+        minx, miny, maxx, maxy = geom.bounds
+        col0 = math.floor((minx - x0) / dx + eps)
+        col1 = math.ceil((maxx - x0) / dx - eps)
+        row0 = math.floor((y0 - maxy) / dy + eps)
+        row1 = math.ceil((y0 - miny) / dy - eps)
+        c0, c1 = max(col0, 0), min(col1, width)
+        r0, r1 = max(row0, 0), min(row1, height)
+        if c0 >= c1 or r0 >= r1:
+            failed.append((index, OUTSIDE, repaired))
+            continue
+        partly = (c0, c1, r0, r1) != (col0, col1, row0, row1)
+        jobs.append(_Job(index, geom, r0, r1, c0, c1, partly, repaired))
+    return jobs, failed
+
+
+# -- the streamed extraction -----------------------------------------------------------------
+
+
+class _Extractor:
+    def __init__(self, stack: Stack, config: ExtractConfig) -> None:
+        import rasterio
+
+        self.stack = stack
+        self.config = config
+        self.days = np.array([e.date.toordinal() for e in stack.dates], dtype=np.float64)
+        self.offsets = np.array([e.offset for e in stack.dates], np.float32)[:, None, None]
+        self.factors = np.array([e.factor for e in stack.dates], np.float32)[:, None, None]
+        dtypes, block_rows = [], 1
+        for entry in stack.dates:
+            with rasterio.open(entry.bands[0].path) as ds:
+                dtypes.append(np.dtype(ds.dtypes[entry.bands[0].index - 1]))
+                block_rows = max(block_rows, ds.block_shapes[entry.bands[0].index - 1][0])
+        self.dtype = np.result_type(*dtypes)
+        self.block_rows = min(block_rows, stack.grid.height)
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._lock = threading.Lock()
+        self.pool = cf.ThreadPoolExecutor(config.n_workers(), thread_name_prefix="stack-read")
+        self.prefetch = cf.ThreadPoolExecutor(1, thread_name_prefix="stack-prefetch")
+
+    def close(self) -> None:
+        self.prefetch.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for reader in self._readers:
+            reader.close()
+
+    def _reader(self) -> Any:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self.stack.reader()
+            self._local.reader = reader
+            with self._lock:
+                self._readers.append(reader)
+        return reader
+
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> _Chunk:
+        from rasterio.windows import Window
+
+        window = Window(col0, row0, col1 - col0, row1 - row0)
+        t_count = len(self.stack)
+        values = np.empty((t_count, N_BANDS, row1 - row0, col1 - col0), dtype=self.dtype)
+        clear = np.empty((t_count, row1 - row0, col1 - col0), dtype=bool)
+
+        def one(t: int) -> None:
+            values[t], clear[t] = self._reader().read(t, window)
+
+        list(self.pool.map(one, range(t_count)))
+        return _Chunk(row0, row1, values, clear)
+
+    def process(self, job: _Job, vals: np.ndarray, clr: np.ndarray) -> ParcelData:
+        """Patches and features of one parcel from its (T, 10, h, w) window of the stack."""
+        from rasterio import features
+        from rasterio.transform import from_origin
+
+        t_count = len(self.stack)
+        grid = self.stack.grid.transform
+        origin_x = grid.c + job.col0 * grid.a
+        origin_y = grid.f + job.row0 * grid.e
+        inside = features.rasterize(
+            [(job.geometry, 1)],
+            out_shape=vals.shape[-2:],
+            transform=from_origin(origin_x, origin_y, grid.a, -grid.e),
+            fill=0,
+            dtype="uint8",
+            all_touched=False,
+        ).astype(bool)
+        n_pixels = int(inside.sum())
+        status = PARTLY_OUTSIDE if job.partly_outside else OK
+        if n_pixels == 0:
+            return ParcelData(job.index, TOO_SMALL, 0, np.ones(t_count, np.float32), 0,
+                              geometry_repaired=job.repaired)  # fmt: skip
+        pix = (vals[:, :, inside].astype(np.float32) + self.offsets) * self.factors
+        pix_clear = clr[:, inside]
+        clear_share = pix_clear.mean(axis=1).astype(np.float32)
+        n_clear_dates = int((clear_share >= self.config.clear_date_fraction).sum())
+        cloud_fraction = 1.0 - clear_share
+        if not pix_clear.any():
+            return ParcelData(job.index, NO_CLEAR, n_pixels, cloud_fraction, 0,
+                              geometry_repaired=job.repaired)  # fmt: skip
+        feats = parcel_features(pix, pix_clear, self.days)
+        filled = interpolate_in_time(pix, pix_clear, self.days)
+        ever_clear = pix_clear.any(axis=0)
+        window = np.zeros((t_count, N_BANDS, *inside.shape), np.float32)
+        mask = inside.copy()
+        mask[inside] = ever_clear
+        window[:, :, inside] = np.nan_to_num(filled, nan=0.0)
+        patches, patch_mask = resize_masked(window, mask, self.config.patch_size)
+        return ParcelData(
+            job.index,
+            status,
+            n_pixels,
+            cloud_fraction,
+            n_clear_dates,
+            patches=patches,
+            mask=patch_mask,
+            features=feats,
+            geometry_repaired=job.repaired,
+        )
+
+
+def extract(
+    parcels: Any,
+    stack: str | Path | Stack,
+    config: ExtractConfig | None = None,
+    progress: ProgressFn = no_progress,
+    is_cancelled: CancelFn = never_cancelled,
+    summary: ExtractionSummary | None = None,
+) -> Iterator[ParcelData]:
+    """Yield one :class:`ParcelData` per parcel (in streaming order; ``index`` says which).
+
+    ``parcels``: a path to any OGR source or a GeoDataFrame (any CRS; reprojected to the
+    stack's). Raises :class:`~.progress.Cancelled` between chunks when ``is_cancelled()``.
+    """
+    config = config or ExtractConfig()
+    stack = open_stack(stack)
+    gdf = read_parcels(parcels)
+    jobs, failed = _plan(gdf, stack)
+    summary = summary if summary is not None else ExtractionSummary()
+    total = len(gdf)
+    t_count = len(stack)
+    done = 0
+    for index, status, repaired in failed:
+        summary.add(status)
+        done += 1
+        yield ParcelData(index, status, 0, np.ones(t_count, np.float32), 0,
+                         geometry_repaired=repaired)  # fmt: skip
+    if not jobs:
+        progress(1.0, "no parcel overlaps the stack")
+        return
+
+    ex = _Extractor(stack, config)
+    try:
+        yield from _stream(ex, jobs, config, summary, progress, is_cancelled, done, total)
+    finally:
+        ex.close()
+    repaired = sum(1 for j in jobs if j.repaired) + sum(1 for f in failed if f[2])
+    if repaired:
+        LOG.info("%d invalid parcel geometries were repaired (make_valid) before extraction",
+                 repaired)  # fmt: skip
+    LOG.info("Extraction: %s", ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())))
+
+
+def _stream(
+    ex: _Extractor,
+    jobs: list[_Job],
+    config: ExtractConfig,
+    summary: ExtractionSummary,
+    progress: ProgressFn,
+    is_cancelled: CancelFn,
+    done: int,
+    total: int,
+) -> Iterator[ParcelData]:
+    stack = ex.stack
+    t_count = len(stack)
+    col0 = min(j.col0 for j in jobs)
+    col1 = max(j.col1 for j in jobs)
+    bytes_per_row = t_count * (N_BANDS * ex.dtype.itemsize + 1) * (col1 - col0)
+    budget_rows = max(1, int(config.memory_mb * 2**20 * 0.6 // bytes_per_row))
+    chunk_rows = max(ex.block_rows, (budget_rows // 4) // ex.block_rows * ex.block_rows)
+    max_parcel_rows = max(budget_rows - chunk_rows, 1)
+
+    tall = [j for j in jobs if j.row1 - j.row0 > max_parcel_rows]
+    jobs = [j for j in jobs if j.row1 - j.row0 <= max_parcel_rows]
+    if tall:
+        LOG.warning(
+            "%d parcels are taller than the memory budget allows for the row buffer "
+            "(%d rows); they are read on their own. Raise the memory budget to avoid it.",
+            len(tall), max_parcel_rows,
+        )  # fmt: skip
+
+    def emit(data: ParcelData) -> ParcelData:
+        nonlocal done
+        summary.add(data.status)
+        done += 1
+        if done % 64 == 0 or done == total:
+            progress(done / total, f"{done} of {total} parcels")
+        return data
+
+    # Row chunks, aligned to the files' blocks, that some parcel needs.
+    needed = sorted({k for j in jobs for k in range(j.row0 // chunk_rows,
+                                                    (j.row1 - 1) // chunk_rows + 1)})  # fmt: skip
+    by_bottom = sorted(jobs, key=lambda j: j.row1)
+    row0s = np.array([j.row0 for j in by_bottom])
+    pending = np.ones(len(by_bottom), dtype=bool)
+    cursor = 0
+    buffer: list[_Chunk] = []
+
+    def chunk_range(k: int) -> tuple[int, int]:
+        return k * chunk_rows, min((k + 1) * chunk_rows, stack.grid.height)
+
+    future = ex.prefetch.submit(ex.read, *chunk_range(needed[0]), col0, col1) if needed else None
+    for position, _k in enumerate(needed):
+        check_cancelled(is_cancelled)
+        assert future is not None
+        chunk = future.result()
+        summary.rows_read += chunk.row1 - chunk.row0
+        if position + 1 < len(needed):
+            future = ex.prefetch.submit(ex.read, *chunk_range(needed[position + 1]), col0, col1)
+        buffer.append(chunk)
+        mb = sum(c.values.nbytes + c.clear.nbytes for c in buffer) / 2**20
+        summary.peak_buffer_mb = max(summary.peak_buffer_mb, mb)
+        while cursor < len(by_bottom) and by_bottom[cursor].row1 <= chunk.row1:
+            job = by_bottom[cursor]
+            parts = [c for c in buffer if c.row1 > job.row0 and c.row0 < job.row1]
+            values = _window(parts, job, col0, "values")
+            clear = _window(parts, job, col0, "clear")
+            yield emit(ex.process(job, values, clear))
+            pending[cursor] = False
+            cursor += 1
+            if cursor % 256 == 0:
+                check_cancelled(is_cancelled)
+        lowest = int(row0s[pending].min()) if pending.any() else stack.grid.height
+        buffer = [c for c in buffer if c.row1 > lowest]
+
+    for job in tall:
+        check_cancelled(is_cancelled)
+        chunk = ex.read(job.row0, job.row1, job.col0, job.col1)
+        summary.rows_reread += job.row1 - job.row0
+        yield emit(ex.process(job, chunk.values, chunk.clear))
+
+
+def _window(parts: list[_Chunk], job: _Job, col0: int, name: str) -> np.ndarray:
+    """The job's window from the buffered chunks (a view when one chunk holds it all)."""
+    c0, c1 = job.col0 - col0, job.col1 - col0
+    pieces = []
+    for c in parts:
+        a, b = max(job.row0, c.row0) - c.row0, min(job.row1, c.row1) - c.row0
+        pieces.append(getattr(c, name)[..., a:b, c0:c1])
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-2)
