@@ -34,10 +34,12 @@ are read on their own (and their rows decoded a second time; the log says how ma
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,11 @@ from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no
 from .stack import PAPER_BANDS, Stack, StackError, open_stack
 
 LOG = logging.getLogger(__name__)
+
+# rasterio's in-memory rasterisation target warns that it has no transform before it sets one.
+warnings.filterwarnings(
+    "ignore", message="Dataset has no geotransform", module=r"rasterio\.features"
+)
 
 N_BANDS = len(PAPER_BANDS)
 N_FEATURES = 2 * N_BANDS
@@ -162,11 +169,14 @@ def resize_masked(values: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.n
     resized values (0 outside) and the resized boolean mask.
     """
     h, w = mask.shape
+    lead = values.shape[:-2]
     ry = resample_matrix(h, size)
-    rx_t = resample_matrix(w, size).T
+    rx_t = np.ascontiguousarray(resample_matrix(w, size).T)
     weight = mask.astype(np.float32)
     coverage = ry @ weight @ rx_t
-    filtered = np.matmul(np.matmul(ry, values * weight), rx_t)
+    # Columns first as one 2-D product, then rows as a batched one: the fastest order here.
+    columns = ((values * weight).reshape(-1, w) @ rx_t).reshape(-1, h, size)
+    filtered = np.matmul(ry, columns).reshape(*lead, size, size)
     keep = coverage >= min(0.5, 0.5 * float(coverage.max()))
     out = np.zeros_like(filtered)
     np.divide(filtered, coverage, out=out, where=keep)
@@ -179,22 +189,28 @@ def interpolate_in_time(values: np.ndarray, clear: np.ndarray, days: np.ndarray)
     ``values`` (T, C, P), ``clear`` (T, P) bool, ``days`` (T,) increasing day numbers. Between
     the previous and next clear dates of a pixel the value is linear in days; before the first
     and after the last clear date it is the nearest clear value; a pixel never clear is NaN.
+    Only the non-clear entries are computed, so clear series cost nothing.
     """
+    out = values.astype(np.float32, copy=True)
+    if clear.all():
+        return out
     t_count = values.shape[0]
     steps = np.arange(t_count)[:, None]
     prev = np.maximum.accumulate(np.where(clear, steps, -1), axis=0)
     nxt = np.minimum.accumulate(np.where(clear, steps, t_count)[::-1], axis=0)[::-1]
-    has_prev, has_next = prev >= 0, nxt < t_count
-    p = np.clip(prev, 0, t_count - 1)
-    q = np.clip(nxt, 0, t_count - 1)
-    vp = np.take_along_axis(values, p[:, None, :], axis=0)
-    vq = np.take_along_axis(values, q[:, None, :], axis=0)
-    dp, dq, d = days[p], days[q], days[:, None]
-    span = np.where(dq > dp, dq - dp, 1)
-    w = np.where(has_prev & has_next, (d - dp) / span, 0.0).astype(np.float32)[:, None, :]
-    out = vp + w * (vq - vp)
-    out = np.where((~has_prev)[:, None, :], vq, out)
-    return np.where((~has_prev & ~has_next)[:, None, :], np.float32(np.nan), out)
+    t, p = np.nonzero(~clear)
+    before, after = prev[t, p], nxt[t, p]
+    has_before, has_after = before >= 0, after < t_count
+    b = np.where(has_before, before, after).clip(0, t_count - 1)
+    a = np.where(has_after, after, before).clip(0, t_count - 1)
+    vb = values[b, :, p]  # (K, C)
+    va = values[a, :, p]
+    span = days[a] - days[b]
+    w = np.divide(days[t] - days[b], span, out=np.zeros_like(span), where=span > 0)
+    filled = vb + w.astype(np.float32)[:, None] * (va - vb)
+    filled[~(has_before | has_after)] = np.nan
+    out[t, :, p] = filled
+    return out
 
 
 def parcel_features(values: np.ndarray, clear: np.ndarray, days: np.ndarray) -> np.ndarray:
@@ -291,6 +307,12 @@ def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool
 # -- the streamed extraction -----------------------------------------------------------------
 
 
+def _enter_gdal_env() -> None:
+    import rasterio
+
+    rasterio.Env().__enter__()  # lives as long as the worker thread
+
+
 class _Extractor:
     def __init__(self, stack: Stack, config: ExtractConfig) -> None:
         import rasterio
@@ -312,8 +334,14 @@ class _Extractor:
         self._lock = threading.Lock()
         self.pool = cf.ThreadPoolExecutor(config.n_workers(), thread_name_prefix="stack-read")
         self.prefetch = cf.ThreadPoolExecutor(1, thread_name_prefix="stack-prefetch")
+        # Parcels are processed in parallel too (numpy and GDAL release the GIL); each worker
+        # keeps one GDAL environment, else every rasterisation would set one up.
+        self.workers = cf.ThreadPoolExecutor(
+            config.n_workers(), thread_name_prefix="parcel", initializer=_enter_gdal_env
+        )
 
     def close(self) -> None:
+        self.workers.shutdown(wait=True, cancel_futures=True)
         self.prefetch.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         for reader in self._readers:
@@ -494,16 +522,17 @@ def _stream(
         buffer.append(chunk)
         mb = sum(c.values.nbytes + c.clear.nbytes for c in buffer) / 2**20
         summary.peak_buffer_mb = max(summary.peak_buffer_mb, mb)
+        ready = []
         while cursor < len(by_bottom) and by_bottom[cursor].row1 <= chunk.row1:
-            job = by_bottom[cursor]
-            parts = [c for c in buffer if c.row1 > job.row0 and c.row0 < job.row1]
-            values = _window(parts, job, col0, "values")
-            clear = _window(parts, job, col0, "clear")
-            yield emit(ex.process(job, values, clear))
+            ready.append(by_bottom[cursor])
             pending[cursor] = False
             cursor += 1
-            if cursor % 256 == 0:
-                check_cancelled(is_cancelled)
+        for start in range(0, len(ready), 256):
+            check_cancelled(is_cancelled)
+            batch = ready[start : start + 256]
+            work = functools.partial(_process_buffered, ex, buffer, col0=col0)
+            for data in ex.workers.map(work, batch):
+                yield emit(data)
         lowest = int(row0s[pending].min()) if pending.any() else stack.grid.height
         buffer = [c for c in buffer if c.row1 > lowest]
 
@@ -511,7 +540,12 @@ def _stream(
         check_cancelled(is_cancelled)
         chunk = ex.read(job.row0, job.row1, job.col0, job.col1)
         summary.rows_reread += job.row1 - job.row0
-        yield emit(ex.process(job, chunk.values, chunk.clear))
+        yield emit(ex.workers.submit(ex.process, job, chunk.values, chunk.clear).result())
+
+
+def _process_buffered(ex: _Extractor, buffer: list[_Chunk], job: _Job, *, col0: int) -> ParcelData:
+    parts = [c for c in buffer if c.row1 > job.row0 and c.row0 < job.row1]
+    return ex.process(job, _window(parts, job, col0, "values"), _window(parts, job, col0, "clear"))
 
 
 def _window(parts: list[_Chunk], job: _Job, col0: int, name: str) -> np.ndarray:
