@@ -34,6 +34,7 @@ are read on their own (and their rows decoded a second time; the log says how ma
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import logging
 import math
@@ -75,6 +76,7 @@ STATUS_TEXT = {
     INVALID: "empty, missing or non-polygon geometry",
 }
 USABLE = frozenset({OK, PARTLY_OUTSIDE})
+PARCELS_IN_FLIGHT = 32  # parcels processed per batch of the worker threads (bounds memory)
 
 
 class ParcelError(ValueError):
@@ -162,11 +164,14 @@ def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def resize_masked(values: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_masked(
+    values: np.ndarray, mask: np.ndarray, size: int, assume_zero_outside: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize (..., h, w) ``values`` of the pixels where ``mask`` (h, w) holds to size x size.
 
     Normalised convolution: the outside never leaks into the parcel's values. Returns the
-    resized values (0 outside) and the resized boolean mask.
+    resized values (0 outside) and the resized boolean mask. ``assume_zero_outside`` skips
+    zeroing ``values`` outside the mask when the caller guarantees it.
     """
     h, w = mask.shape
     lead = values.shape[:-2]
@@ -174,24 +179,30 @@ def resize_masked(values: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.n
     rx_t = np.ascontiguousarray(resample_matrix(w, size).T)
     weight = mask.astype(np.float32)
     coverage = ry @ weight @ rx_t
+    if not assume_zero_outside:
+        values = values * weight
     # Columns first as one 2-D product, then rows as a batched one: the fastest order here.
-    columns = ((values * weight).reshape(-1, w) @ rx_t).reshape(-1, h, size)
+    columns = (values.reshape(-1, w) @ rx_t).reshape(-1, h, size)
     filtered = np.matmul(ry, columns).reshape(*lead, size, size)
     keep = coverage >= min(0.5, 0.5 * float(coverage.max()))
-    out = np.zeros_like(filtered)
-    np.divide(filtered, coverage, out=out, where=keep)
-    return out, keep
+    scale = np.zeros_like(coverage)
+    np.divide(1.0, coverage, out=scale, where=keep)
+    filtered *= scale  # divides where kept, zeroes the rest, in place
+    return filtered, keep
 
 
-def interpolate_in_time(values: np.ndarray, clear: np.ndarray, days: np.ndarray) -> np.ndarray:
+def interpolate_in_time(
+    values: np.ndarray, clear: np.ndarray, days: np.ndarray, inplace: bool = False
+) -> np.ndarray:
     """Fill the non-clear observations of each pixel by linear interpolation in time.
 
     ``values`` (T, C, P), ``clear`` (T, P) bool, ``days`` (T,) increasing day numbers. Between
     the previous and next clear dates of a pixel the value is linear in days; before the first
     and after the last clear date it is the nearest clear value; a pixel never clear is NaN.
-    Only the non-clear entries are computed, so clear series cost nothing.
+    Only the non-clear entries are computed, so clear series cost nothing. ``inplace`` fills
+    ``values`` itself (float32) instead of a copy.
     """
-    out = values.astype(np.float32, copy=True)
+    out = values if inplace else values.astype(np.float32, copy=True)
     if clear.all():
         return out
     t_count = values.shape[0]
@@ -307,6 +318,17 @@ def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool
 # -- the streamed extraction -----------------------------------------------------------------
 
 
+def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """numpy's BLAS on one thread while extracting: the products here are small, and a
+    multi-threaded OpenBLAS spends more time spinning than computing next to our own threads.
+    (Process-wide while active; torch's own thread pool is not affected.)"""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _enter_gdal_env() -> None:
     import rasterio
 
@@ -322,12 +344,14 @@ class _Extractor:
         self.days = np.array([e.date.toordinal() for e in stack.dates], dtype=np.float64)
         self.offsets = np.array([e.offset for e in stack.dates], np.float32)[:, None, None]
         self.factors = np.array([e.factor for e in stack.dates], np.float32)[:, None, None]
+        self.rescale = bool(np.any(self.offsets != 0) or np.any(self.factors != 1))
         dtypes, block_rows = [], 1
         for entry in stack.dates:
             with rasterio.open(entry.bands[0].path) as ds:
                 dtypes.append(np.dtype(ds.dtypes[entry.bands[0].index - 1]))
                 block_rows = max(block_rows, ds.block_shapes[entry.bands[0].index - 1][0])
         self.dtype = np.result_type(*dtypes)
+        self.float_source = bool(np.issubdtype(self.dtype, np.floating))
         self.block_rows = min(block_rows, stack.grid.height)
         self._local = threading.local()
         self._readers: list[Any] = []
@@ -365,49 +389,74 @@ class _Extractor:
         clear = np.empty((t_count, row1 - row0, col1 - col0), dtype=bool)
 
         def one(t: int) -> None:
-            values[t], clear[t] = self._reader().read(t, window)
+            self._reader().read(t, window, out=values[t], out_clear=clear[t])
 
         list(self.pool.map(one, range(t_count)))
         return _Chunk(row0, row1, values, clear)
 
-    def process(self, job: _Job, vals: np.ndarray, clr: np.ndarray) -> ParcelData:
-        """Patches and features of one parcel from its (T, 10, h, w) window of the stack."""
+    def rasterize(
+        self, jobs: list[_Job], row0: int, row1: int, col0: int, col1: int, count: bool = False
+    ) -> np.ndarray:
+        """Label raster of ``jobs`` (1-based positions) on rows/cols [row0, row1) x [col0, col1).
+
+        Pixel centres inside a polygon, as everywhere here. With ``count``, the number of
+        polygons covering each pixel instead (to find overlapping parcels).
+        """
         from rasterio import features
+        from rasterio.enums import MergeAlg
         from rasterio.transform import from_origin
 
-        t_count = len(self.stack)
         grid = self.stack.grid.transform
-        origin_x = grid.c + job.col0 * grid.a
-        origin_y = grid.f + job.row0 * grid.e
-        inside = features.rasterize(
-            [(job.geometry, 1)],
-            out_shape=vals.shape[-2:],
-            transform=from_origin(origin_x, origin_y, grid.a, -grid.e),
+        return features.rasterize(
+            [(job.geometry, 1 if count else k + 1) for k, job in enumerate(jobs)],
+            out_shape=(row1 - row0, col1 - col0),
+            transform=from_origin(grid.c + col0 * grid.a, grid.f + row0 * grid.e, grid.a, -grid.e),
             fill=0,
-            dtype="uint8",
+            dtype="uint16" if len(jobs) < 2**16 else "uint32",
             all_touched=False,
-        ).astype(bool)
+            merge_alg=MergeAlg.add if count else MergeAlg.replace,
+        )
+
+    def process(
+        self, job: _Job, vals: np.ndarray, clr: np.ndarray, inside: np.ndarray | None = None
+    ) -> ParcelData:
+        """Patches and features of one parcel from its (T, 10, h, w) window of the stack.
+
+        ``inside`` (h, w) bool is the rasterised polygon when the caller has it already.
+        """
+        t_count = len(self.stack)
+        if inside is None:
+            inside = self.rasterize([job], job.row0, job.row1, job.col0, job.col1) > 0
         n_pixels = int(inside.sum())
         status = PARTLY_OUTSIDE if job.partly_outside else OK
         if n_pixels == 0:
             return ParcelData(job.index, TOO_SMALL, 0, np.ones(t_count, np.float32), 0,
                               geometry_repaired=job.repaired)  # fmt: skip
-        pix = (vals[:, :, inside].astype(np.float32) + self.offsets) * self.factors
-        pix_clear = clr[:, inside]
-        clear_share = pix_clear.mean(axis=1).astype(np.float32)
+        # Work on the whole window (T, 10, h*w): no gather/scatter of the parcel's pixels.
+        h, w = inside.shape
+        window = vals.astype(np.float32)
+        if self.rescale:
+            window += self.offsets[:, :, :, None]
+            window *= self.factors[:, :, :, None]
+        if self.float_source:
+            np.nan_to_num(window, copy=False)  # NaN (never clear) must not poison the sums
+        flat = window.reshape(t_count, N_BANDS, h * w)
+        ins = inside.reshape(-1)
+        clear_in = clr.reshape(t_count, -1) & ins  # clear observations of the parcel
+        clear_share = (clear_in.sum(axis=1) / n_pixels).astype(np.float32)
         n_clear_dates = int((clear_share >= self.config.clear_date_fraction).sum())
         cloud_fraction = 1.0 - clear_share
-        if not pix_clear.any():
+        if not clear_in.any():
             return ParcelData(job.index, NO_CLEAR, n_pixels, cloud_fraction, 0,
                               geometry_repaired=job.repaired)  # fmt: skip
-        feats = parcel_features(pix, pix_clear, self.days)
-        filled = interpolate_in_time(pix, pix_clear, self.days)
-        ever_clear = pix_clear.any(axis=0)
-        window = np.zeros((t_count, N_BANDS, *inside.shape), np.float32)
-        mask = inside.copy()
-        mask[inside] = ever_clear
-        window[:, :, inside] = np.nan_to_num(filled, nan=0.0)
-        patches, patch_mask = resize_masked(window, mask, self.config.patch_size)
+        feats = parcel_features(flat, clear_in, self.days)
+        # Pixels outside count as clear so that only the parcel's cloudy entries are filled.
+        interpolate_in_time(flat, clear_in | ~ins, self.days, inplace=True)
+        mask = (clear_in.any(axis=0) & ins).reshape(h, w)  # inside and clear at least once
+        window = np.where(mask, window, np.float32(0))
+        patches, patch_mask = resize_masked(
+            window, mask, self.config.patch_size, assume_zero_outside=True
+        )
         return ParcelData(
             job.index,
             status,
@@ -453,7 +502,8 @@ def extract(
 
     ex = _Extractor(stack, config)
     try:
-        yield from _stream(ex, jobs, config, summary, progress, is_cancelled, done, total)
+        with _one_blas_thread():
+            yield from _stream(ex, jobs, config, summary, progress, is_cancelled, done, total)
     finally:
         ex.close()
     repaired = sum(1 for j in jobs if j.repaired) + sum(1 for f in failed if f[2])
@@ -478,9 +528,19 @@ def _stream(
     col0 = min(j.col0 for j in jobs)
     col1 = max(j.col1 for j in jobs)
     bytes_per_row = t_count * (N_BANDS * ex.dtype.itemsize + 1) * (col1 - col0)
-    budget_rows = max(1, int(config.memory_mb * 2**20 * 0.6 // bytes_per_row))
-    chunk_rows = max(ex.block_rows, (budget_rows // 4) // ex.block_rows * ex.block_rows)
-    max_parcel_rows = max(budget_rows - chunk_rows, 1)
+    # Budget: the row buffer (at most one parcel height plus two chunks, as chunks are aligned),
+    # one chunk being read ahead, and 20% for the parcels in flight and their temporaries.
+    budget_rows = max(6, int(config.memory_mb * 2**20 * 0.8 // bytes_per_row))
+    chunk_rows = max(1, budget_rows // 6)
+    if chunk_rows >= ex.block_rows:  # whole blocks: each block decoded once
+        chunk_rows = chunk_rows // ex.block_rows * ex.block_rows
+    else:
+        LOG.info(
+            "The memory budget holds %d rows per chunk, fewer than the files' %d-row blocks; "
+            "GDAL may decode some blocks more than once. A larger budget avoids it.",
+            chunk_rows, ex.block_rows,
+        )  # fmt: skip
+    max_parcel_rows = max(budget_rows - 3 * chunk_rows, 1)
 
     tall = [j for j in jobs if j.row1 - j.row0 > max_parcel_rows]
     jobs = [j for j in jobs if j.row1 - j.row0 <= max_parcel_rows]
@@ -527,11 +587,13 @@ def _stream(
             ready.append(by_bottom[cursor])
             pending[cursor] = False
             cursor += 1
-        for start in range(0, len(ready), 256):
+        ready.sort(key=lambda j: j.col0)  # batches of neighbours: small label rasters
+        for start in range(0, len(ready), PARCELS_IN_FLIGHT):
             check_cancelled(is_cancelled)
-            batch = ready[start : start + 256]
+            batch = ready[start : start + PARCELS_IN_FLIGHT]
+            insides = _insides(ex, batch)
             work = functools.partial(_process_buffered, ex, buffer, col0=col0)
-            for data in ex.workers.map(work, batch):
+            for data in ex.workers.map(work, batch, insides):
                 yield emit(data)
         lowest = int(row0s[pending].min()) if pending.any() else stack.grid.height
         buffer = [c for c in buffer if c.row1 > lowest]
@@ -543,9 +605,30 @@ def _stream(
         yield emit(ex.workers.submit(ex.process, job, chunk.values, chunk.clear).result())
 
 
-def _process_buffered(ex: _Extractor, buffer: list[_Chunk], job: _Job, *, col0: int) -> ParcelData:
+def _process_buffered(
+    ex: _Extractor, buffer: list[_Chunk], job: _Job, inside: np.ndarray | None, *, col0: int
+) -> ParcelData:
     parts = [c for c in buffer if c.row1 > job.row0 and c.row0 < job.row1]
-    return ex.process(job, _window(parts, job, col0, "values"), _window(parts, job, col0, "clear"))
+    values, clear = _window(parts, job, col0, "values"), _window(parts, job, col0, "clear")
+    return ex.process(job, values, clear, inside)
+
+
+def _insides(ex: _Extractor, batch: list[_Job]) -> list[np.ndarray | None]:
+    """Rasterised polygons of a batch from one label raster (one GDAL call for all).
+
+    Where two polygons claim the same pixel centre (overlapping parcels) a label raster keeps
+    only one; those parcels get ``None`` and are rasterised on their own.
+    """
+    r0, r1 = min(j.row0 for j in batch), max(j.row1 for j in batch)
+    c0, c1 = min(j.col0 for j in batch), max(j.col1 for j in batch)
+    labels = ex.rasterize(batch, r0, r1, c0, c1)
+    counts = ex.rasterize(batch, r0, r1, c0, c1, count=True)
+    shared = counts > 1
+    out: list[np.ndarray | None] = []
+    for k, j in enumerate(batch):
+        rows, cols = slice(j.row0 - r0, j.row1 - r0), slice(j.col0 - c0, j.col1 - c0)
+        out.append(None if shared[rows, cols].any() else labels[rows, cols] == k + 1)
+    return out
 
 
 def _window(parts: list[_Chunk], job: _Job, col0: int, name: str) -> np.ndarray:

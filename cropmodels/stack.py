@@ -180,6 +180,10 @@ class StackReader:
         self.stack = stack
         self._exit = ExitStack()
         self._handles: dict[tuple[str, bool], Any] = {}
+        # uint8 SCL value -> clear? (one lookup per pixel instead of np.isin)
+        self._clear_lut = np.ones(256, dtype=bool)
+        bad = [c for c in stack.cloud_classes + stack.not_observed_classes if 0 <= c < 256]
+        self._clear_lut[bad] = False
 
     def __enter__(self) -> StackReader:
         return self
@@ -218,16 +222,24 @@ class StackReader:
                 )
         return self._handles[key]
 
-    def read(self, t: int, window: Any) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self,
+        t: int,
+        window: Any,
+        out: np.ndarray | None = None,
+        out_clear: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Read date ``t`` in ``window`` (a rasterio Window on the stack grid).
 
         Returns ``values`` (10, h, w) in the source dtype, as stored (apply
         :func:`to_canonical`), and ``observed_clear`` (h, w) bool: the pixel was observed, is not
-        nodata and is not cloud, cloud shadow or cirrus.
+        nodata and is not cloud, cloud shadow or cirrus. ``out``/``out_clear`` receive them
+        without a temporary copy when given (``out`` must have the source dtype).
         """
         entry = self.stack.dates[t]
-        values = self._read_bands(entry, window)
-        clear = np.ones(values.shape[1:], dtype=bool)
+        values = self._read_bands(entry, window, out)
+        clear = out_clear if out_clear is not None else np.empty(values.shape[1:], dtype=bool)
+        clear[...] = True
         if entry.nodata is not None:
             clear &= ~np.any(values == np.asarray(entry.nodata, dtype=values.dtype), axis=0)
         if np.issubdtype(values.dtype, np.floating):
@@ -236,19 +248,28 @@ class StackReader:
             mask = self._open(entry.cloud.path, True).read(entry.cloud.index, window=window)
             if entry.binary_mask:
                 clear &= mask == 0
+            elif mask.dtype == np.uint8:
+                clear &= self._clear_lut[mask]  # one lookup instead of np.isin
             else:
                 bad = np.asarray(self.stack.cloud_classes + self.stack.not_observed_classes)
                 clear &= ~np.isin(mask, bad)
         return values, clear
 
-    def _read_bands(self, entry: DateEntry, window: Any) -> np.ndarray:
+    def _read_bands(self, entry: DateEntry, window: Any, out: np.ndarray | None) -> np.ndarray:
         by_file: dict[str, list[tuple[int, int]]] = {}
         for position, ref in enumerate(entry.bands):
             by_file.setdefault(ref.path, []).append((position, ref.index))
         if len(by_file) == 1:
             ((path, pairs),) = by_file.items()
-            return self._open(path, False).read([i for _, i in pairs], window=window)
-        out: np.ndarray | None = None
+            ds = self._open(path, False)
+            indexes = [i for _, i in pairs]
+            if out is not None and np.dtype(ds.dtypes[indexes[0] - 1]) == out.dtype:
+                return ds.read(indexes, window=window, out=out)
+            data = ds.read(indexes, window=window)
+            if out is None:
+                return data
+            out[...] = data
+            return out
         for path, pairs in by_file.items():
             data = self._open(path, False).read([i for _, i in pairs], window=window)
             if out is None:

@@ -246,3 +246,14 @@ def test_parcels_without_crs_are_refused_with_a_hint(stack, parcels):
 def test_missing_parcel_file(stack, tmp_path: Path):
     with pytest.raises(ParcelError, match="does not exist"):
         list(extract(tmp_path / "nope.gpkg", stack))
+
+
+def test_overlapping_parcels_each_keep_all_their_pixels(stack):
+    """Parcels are rasterised together; where two claim the same pixels, each still gets them."""
+    a = box(501360 + 100, 5629680 - 300, 501360 + 300, 5629680 - 100)  # 20 x 20 px
+    b = translate(a, 100, -50)  # overlaps a over 10 x 15 px
+    c = translate(a, 300, 0)  # touches b's right edge only: shares no pixel centre
+    gdf = gpd.GeoDataFrame({"id": [1, 2, 3]}, geometry=[a, b, c], crs=32631)
+    res = {r.index: r for r in extract(gdf, stack)}
+    assert [res[i].n_pixels for i in range(3)] == [400, 400, 400]
+    assert all(res[i].mask.all() for i in range(3))
