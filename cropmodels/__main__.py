@@ -125,6 +125,268 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_codes(gdf, field: str) -> list[int | None]:
+    """Integer class codes of ``field``; empty values are unlabelled."""
+    if field not in gdf.columns:
+        raise ValueError(
+            f"The parcel layer has no field {field!r}; its fields are: "
+            f"{', '.join(c for c in gdf.columns if c != gdf.geometry.name)}."
+        )
+    codes: list[int | None] = []
+    for value in gdf[field].tolist():
+        if value is None or (isinstance(value, float) and value != value):
+            codes.append(None)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number != number or number != int(number):
+            raise ValueError(
+                f"Field {field!r} holds {value!r}, which is not an integer class code; the "
+                "label field must hold crop codes (e.g. WorldCereal or LPIS codes)."
+            )
+        codes.append(int(number))
+    return codes
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .extract import ExtractConfig, ExtractionSummary, extract, read_parcels
+    from .stack import open_stack
+    from .store import write_store
+
+    stack = open_stack(args.stack)
+    gdf = read_parcels(args.parcels, layer=args.layer)
+    labels = _label_codes(gdf, args.label_field) if args.label_field else None
+    if args.id_field and args.id_field not in gdf.columns:
+        raise ValueError(f"The parcel layer has no field {args.id_field!r}.")
+    ids = gdf[args.id_field].tolist() if args.id_field else None
+    config = ExtractConfig(memory_mb=args.memory_mb, workers=args.workers)
+    summary = ExtractionSummary()
+    with tqdm(total=len(gdf), unit="parcel", desc="extract", disable=args.quiet) as bar:
+
+        def progress(fraction: float, message: str) -> None:
+            bar.update(round(fraction * len(gdf)) - bar.n)
+
+        store = write_store(
+            extract(gdf, stack, config, summary=summary),
+            args.out,
+            n_parcels=len(gdf),
+            stack_description=stack.describe(),
+            dates=[d.date for d in stack.dates],
+            parcel_ids=ids,
+            labels=labels,
+            label_field=args.label_field,
+            chunk_parcels=args.chunk_parcels,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(store.counts.items()))
+    print(f"Wrote {store.path}: {store.n_parcels} parcels x {len(stack)} dates ({counts})")
+    print(
+        f"{store.n_labelled} labelled; {store.bytes_on_disk / 2**20:.1f} MiB on disk, "
+        f"{store.bytes_per_parcel / 1e3:.1f} kB per parcel"
+    )
+    return 0
+
+
+def _tqdm_progress(args: argparse.Namespace, desc: str):
+    """A tqdm bar driven by the core's ``progress(fraction, message)`` callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=desc, disable=args.quiet,
+               bar_format="{percentage:3.0f}%|{bar:20}| {elapsed} {desc}")  # fmt: skip
+
+    def progress(fraction: float, message: str) -> None:
+        bar.set_description_str(message, refresh=False)
+        bar.update(max(0, round(fraction * 1000) - bar.n))
+
+    return bar, progress
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="parcel store written by 'extract'")
+    p.add_argument("--epochs", type=int, default=50, help="epochs per training (paper: 50)")
+    p.add_argument("--batch-size", type=int, default=32, help="paper: 32")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of folds, weights and batches")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (paper: 5)")
+    p.add_argument("--only-folds", help="run only these folds, e.g. '1,2' (1-based; quick runs)")
+    p.add_argument("--grouping", choices=("stratified", "spatial"), default="stratified",
+                   help="spatial: folds of whole spatial blocks (needs --parcels)")  # fmt: skip
+    p.add_argument("--parcels", help="the parcel layer the store was extracted from (spatial)")
+    p.add_argument("--layer", help="layer inside --parcels")
+    p.add_argument("--block-size", type=float, default=1000.0, help="spatial block side (m)")
+    p.add_argument("--class-map", help="CSV source_code,code,name[,colour] mapping label codes")
+    p.add_argument("--merge-rare", action="store_true",
+                   help="merge classes with fewer parcels than folds into 'Other' (default: "
+                   "drop them, with a warning)")  # fmt: skip
+    p.add_argument("--unknown-codes", choices=("error", "exclude", "other"), default="error",
+                   help="label codes outside the store's classes or --class-map")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--workdir", help="checkpoint folder; rerunning the same command resumes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _training_inputs(args: argparse.Namespace, model: str, workdir: str) -> tuple:
+    """(TrainConfig, groups or None, ClassMap or None) from the shared options."""
+    from .store import Store
+    from .train import TrainConfig, blocks_from_parcels, read_class_map
+
+    only = None
+    if args.only_folds:
+        try:
+            only = [int(k) - 1 for k in args.only_folds.split(",") if k.strip()]
+        except ValueError:
+            raise ValueError(f"--only-folds must be like '1,3', not {args.only_folds!r}") from None
+    hparams = {}
+    if getattr(args, "hparams", None):
+        try:
+            hparams = json.loads(args.hparams)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--hparams is not a JSON object: {exc}") from None
+        if not isinstance(hparams, dict):
+            raise ValueError("--hparams must be a JSON object, e.g. '{\"hidden_size\": 64}'")
+    config = TrainConfig(
+        model=model, hparams=hparams, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, n_folds=args.folds, folds=only, grouping=args.grouping,
+        block_size_m=args.block_size, merge_rare=args.merge_rare,
+        unknown_codes=args.unknown_codes, device=args.device, amp=not args.no_amp,
+        workdir=args.workdir or workdir, name=getattr(args, "name", None),
+    )  # fmt: skip
+    groups = None
+    if args.grouping == "spatial":
+        if not args.parcels:
+            raise ValueError("--grouping spatial needs --parcels (the layer the store came from)")
+        groups = blocks_from_parcels(args.parcels, Store(args.store), args.block_size, args.layer)
+    elif args.parcels:
+        print("note: --parcels is only used with --grouping spatial", file=sys.stderr)
+    class_map = read_class_map(args.class_map) if args.class_map else None
+    return config, groups, class_map
+
+
+def _interrupted(workdir: str) -> int:
+    print(
+        f"interrupted: finished epochs are kept in {workdir}; run the same command again to resume",
+        file=sys.stderr,
+    )
+    return 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .progress import Cancelled
+    from .train import train_model
+
+    out = Path(args.out)
+    if out.suffix in (".json", ".safetensors"):
+        out = out.with_suffix("")
+    workdir = args.workdir or str(out.with_name(out.name + ".work"))
+    config, groups, class_map = _training_inputs(args, args.model, workdir)
+    bar, progress = _tqdm_progress(args, f"train {args.model}")
+    try:
+        with bar:
+            result = train_model(
+                args.store, config, out, cv=not args.no_cv, groups=groups,
+                class_map=class_map, progress=progress,
+            )  # fmt: skip
+    except (KeyboardInterrupt, Cancelled):
+        return _interrupted(workdir)
+    plan = result.plan
+    print(
+        f"Wrote {out}.safetensors and {out}.json ({result.card.parameter_count:,} parameters, "
+        f"{len(plan.classes)} classes, {len(plan.rows)} parcels)"
+    )
+    for note in plan.notes:
+        print(f"note: {note}")
+    if result.cv is not None:
+        s = result.cv.summary
+        print(
+            f"{config.n_folds}-fold CV ({config.grouping}): "
+            + ", ".join(
+                f"{m} {100 * s[m]['mean']:.1f} ± {100 * s[m]['std']:.1f}"
+                for m in ("overall_accuracy", "fscore", "precision", "recall")
+            )
+        )
+    if result.report_path:
+        print(f"Report: {result.report_path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate_model, json_safe
+    from .report import pct, plot_confusion, table
+
+    bar, progress = _tqdm_progress(args, "evaluate")
+    with bar:
+        metrics = evaluate_model(
+            args.model, args.store, device=args.device, batch_size=args.batch_size,
+            progress=progress,
+        )  # fmt: skip
+    if args.json:
+        print(json.dumps(json_safe(metrics), indent=2))
+    else:
+        print(
+            f"{metrics['model']} on {metrics['n']} parcels: OA {pct(metrics['overall_accuracy'])}, "
+            f"F-score {pct(metrics['fscore'])}, precision {pct(metrics['precision'])}, recall "
+            f"{pct(metrics['recall'])} (excluded: {metrics['excluded']})"
+        )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1), "utf-8")
+        png = plot_confusion(metrics["confusion_matrix"], metrics["classes"],
+                             out / "confusion.png", metrics["model"])  # fmt: skip
+        rows = [[n, pct(f), s] for n, f, s in zip(metrics["classes"],
+                metrics["per_class_fscore"], metrics["support"], strict=True)]  # fmt: skip
+        text = "\n".join([
+            f"# Evaluation of {metrics['model']} on {metrics['store']}", "",
+            table(["OA", "F-score", "Precision", "Recall", "parcels"], [[
+                pct(metrics["overall_accuracy"]), pct(metrics["fscore"]),
+                pct(metrics["precision"]), pct(metrics["recall"]), metrics["n"]]]),
+            "", f"Excluded: {metrics['excluded']}", "",
+            table(["class", "F-score", "parcels"], rows), "", f"![confusion]({png.name})", "",
+        ])  # fmt: skip
+        (out / "report.md").write_text(text, encoding="utf-8")
+        print(f"Report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .progress import Cancelled
+    from .train import PAPER_MODELS, SHUFFLED_MODELS, reproduce_paper
+
+    def names(text: str | None, default: tuple[str, ...]) -> list[str]:
+        if text is None:
+            return list(default)
+        return [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",")]
+
+    workdir = args.workdir or str(Path(args.out) / "work")
+    config, groups, class_map = _training_inputs(args, "gru", workdir)
+    bar, progress = _tqdm_progress(args, "reproduce")
+    try:
+        with bar:
+            result = reproduce_paper(
+                args.store, args.out, config,
+                models=names(args.models, PAPER_MODELS),
+                shuffled=names(args.shuffled, SHUFFLED_MODELS),
+                forest=not args.no_rf, groups=groups, class_map=class_map, progress=progress,
+            )  # fmt: skip
+    except (KeyboardInterrupt, Cancelled):
+        return _interrupted(workdir)
+    print(result.tables.read_text(encoding="utf-8").split("## Table 3")[0])
+    print(f"Tables: {result.tables}\nResults: {result.results_json}")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(
         prog="python -m cropmodels",
@@ -144,6 +406,73 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     commands["models"] = cmd_models
 
+    p = sub.add_parser(
+        "extract",
+        help="extract patches and features of every parcel into a store",
+        description="For every parcel and date: the bounding-box patch of the 10 bands, pixels "
+        "outside the parcel zeroed, clouds interpolated in time, resized to 32x32; and the "
+        "per-date band means and stds. Written to a chunked, compressed store (a folder).",
+    )
+    p.add_argument("--parcels", required=True, help="parcel polygons (any OGR source)")
+    p.add_argument("--layer", help="layer name inside the parcel source (GeoPackage)")
+    p.add_argument("--stack", required=True, help="folder of per-date rasters, multi-band "
+                   "raster or JSON descriptor")  # fmt: skip
+    p.add_argument("--out", required=True, help="store folder to create")
+    p.add_argument("--label-field", help="field holding the integer crop code of each parcel")
+    p.add_argument("--id-field", help="field holding the parcel id (default: its position)")
+    p.add_argument("--memory-mb", type=float, default=1024, help="row buffer budget (MiB)")
+    p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument("--chunk-parcels", type=int, default=64, help="parcels per store chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["extract"] = cmd_extract
+
+    p = sub.add_parser(
+        "train",
+        help="cross-validate a model on a store and write the model file and a report",
+        description="The paper's protocol: 5-fold CV (train:val:test 3:1:1), Adam lr 1e-3, "
+        "batch 32, 50 epochs, best validation F-score epoch; then the shipped model trained on "
+        "4/5 of the parcels with the 5th for early stopping. Writes OUT.safetensors, OUT.json "
+        "(card with normalisation and CV metrics) and OUT.report.md with figures.",
+    )
+    p.add_argument("--model", default="cnn_gru9", help="architecture (see 'models')")
+    p.add_argument("--out", required=True, help="model file stem, e.g. models/cnn_gru9")
+    p.add_argument("--name", help="model name in the card (default: model_store)")
+    p.add_argument("--hparams", help="JSON object overriding hyper-parameters")
+    p.add_argument("--no-cv", action="store_true", help="skip cross-validation (no metrics)")
+    _add_training_options(p)
+    commands["train"] = cmd_train
+
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a model file on the labelled parcels of a store",
+        description="Overall accuracy, class-averaged F-score, precision, recall, per-class "
+        "F-score and confusion matrix of MODEL on the store's labelled, usable parcels.",
+    )
+    p.add_argument("--store", required=True, help="labelled parcel store")
+    p.add_argument("--model", required=True, help="model file (.json, .safetensors or stem)")
+    p.add_argument("--out", help="folder for metrics.json, report.md and confusion.png")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["evaluate"] = cmd_evaluate
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's experiment on a store: Tables 2, 3 and 4 beside the published ones",
+        description="Cross-validates the six architectures, their time-shuffled variants "
+        "(Table 4) and a Random Forest on the handcrafted features, all on the same folds, "
+        "and writes OUT/tables.md, OUT/results.json and confusion matrices.",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--models", help="comma-separated architectures (default: the six)")
+    p.add_argument("--shuffled", help="time-shuffled ones (default: convlstm,cnn_gru7,"
+                   "cnn_gru9,gru; 'none' to skip)")  # fmt: skip
+    p.add_argument("--no-rf", action="store_true", help="skip the Random-Forest baseline")
+    _add_training_options(p)
+    commands["reproduce"] = cmd_reproduce
+
     return parser, commands
 
 
@@ -157,7 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return commands[args.command](args)
+    from .progress import Cancelled
+
+    try:
+        return commands[args.command](args)
+    except ValueError as exc:  # StackError, ParcelError, StoreError, ModelFileError, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Cancelled):
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
