@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .architectures import FEATURES, INPUT_KINDS, PATCHES, get_spec
+from .files import publish_mode
 from .stack import PAPER_BANDS
 
 if TYPE_CHECKING:
@@ -382,6 +383,7 @@ def _atomic_write(target: Path, write: Any) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        publish_mode(tmp)  # after writing: a writer may have replaced the file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -63,6 +63,7 @@ def build(out: Path, root: Path = ROOT) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the zip is meant to be shared
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path in plugin_files(root):

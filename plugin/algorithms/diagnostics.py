@@ -23,6 +23,7 @@ from qgis.core import (
 )
 
 from ...cropmodels import doctor
+from ...cropmodels.files import publish_mode
 from .base import CropAlgorithm
 
 
@@ -108,6 +109,7 @@ def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
             f"Cannot write the report to {path}: {exc.strerror}. Choose a folder you can write to."
         ) from exc
     try:
+        publish_mode(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
         os.replace(tmp, path)

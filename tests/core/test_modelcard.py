@@ -287,3 +287,16 @@ def test_card_dict_round_trip():
     assert draft == card
     with pytest.raises(ModelFileError, match="weights_sha256 is missing"):
         ModelCard.from_dict(card.to_dict())
+
+
+def test_model_files_get_the_usual_permissions(tmp_path):
+    """Written through mkstemp (0600) but published like any file the user creates."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    model = get_model("gru", n_classes=19)
+    save_model(model, make_card("gru"), tmp_path / "m")
+    for path in model_paths(tmp_path / "m"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

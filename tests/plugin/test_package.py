@@ -40,6 +40,10 @@ def test_zip_holds_the_plugin_and_nothing_else(plugin_zip_file: Path):
     assert not [r for r in rel if "__pycache__" in r or r.endswith((".pyc", ".pyo"))]
 
 
+def test_zip_is_readable_by_others(plugin_zip_file: Path):
+    assert plugin_zip_file.stat().st_mode & 0o777 == 0o644
+
+
 def test_zip_is_reproducible(plugin_zip_file: Path, tmp_path: Path):
     again = plugin_zip.build(tmp_path / "again.zip")
     assert again.read_bytes() == plugin_zip_file.read_bytes()

@@ -48,6 +48,7 @@ def test_diagnostics_runs_through_processing(provider_loaded, tmp_path: Path):
     assert report["qgis"].startswith("3.")
     assert {p["name"] for p in report["packages"]} >= {"torch", "numpy", "rasterio"}
     assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
+    assert out.stat().st_mode & 0o044  # readable by others, as files users create usually are
 
 
 def test_diagnostics_without_report_file(provider_loaded):
