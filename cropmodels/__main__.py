@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -476,7 +477,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     return parser, commands
 
 
+def _find_proj_data() -> None:
+    """A venv's pyproj looks for PROJ's database under the venv and misses the system's;
+    point it at the distribution's copy (what QGIS uses) unless the user chose one."""
+    if "PROJ_DATA" in os.environ or "PROJ_LIB" in os.environ:
+        return
+    for candidate in ("/usr/share/proj", "/usr/local/share/proj"):
+        if os.path.isfile(os.path.join(candidate, "proj.db")):
+            os.environ["PROJ_DATA"] = candidate
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
+    _find_proj_data()
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
