@@ -201,10 +201,10 @@ def evaluate_model(
     dev = resolve_device(device)
     model, card = load_model(model_path, device=dev)
     store = Store(store_path)
-    if card.date_grid is not None and list(card.date_grid) != store.day_of_year:
+    if card.date_grid is not None and list(card.date_grid) != store.season_days:
         raise ValueError(
-            f"the store's dates (days {store.day_of_year[:6]}...) are not the model's date "
-            f"grid ({card.date_grid[:6]}...); extract on the model's dates"
+            f"the store's dates (season days {store.season_days[:6]}...) are not the model's "
+            f"date grid ({card.date_grid[:6]}...); extract on the model's dates"
         )
     mapping = {int(k): int(v) for k, v in card.provenance.get("label_mapping", {}).items()}
     index_of = {c.code: i for i, c in enumerate(card.classes)}

@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 
+MAX_SEASON_DAY = 3 * 366  # date grids span at most three calendar years
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_LISTED = 8
@@ -69,8 +70,10 @@ class ModelCard:
 
     ``normalisation`` holds per-date channel-wise statistics ``{"mean": rows, "std": rows}``,
     one row per date of ``date_grid`` (or a single row for date-agnostic statistics), each row
-    ``n_bands`` values for patches or ``2 * n_bands`` for features. ``date_grid`` is a list of
-    days of the year, or ``None`` when the model takes any dates.
+    ``n_bands`` values for patches or ``2 * n_bands`` for features. ``date_grid`` lists the
+    dates as *season days*, counted from 1 January of the year of the first date (1..366 within
+    that year, 367.. in the next, so a season across New Year or longer than a year is still
+    increasing); ``None`` when the model takes any dates.
     """
 
     name: str
@@ -187,9 +190,13 @@ class ModelCard:
             )
         grid_ok = self.date_grid is None or (
             isinstance(self.date_grid, list)
-            and all(_is_int(d) and 1 <= d <= 366 for d in self.date_grid)
+            and all(_is_int(d) and 1 <= d <= MAX_SEASON_DAY for d in self.date_grid)
         )
-        if need(grid_ok, "date_grid must be null or a list of days of the year (1..366)"):
+        if need(
+            grid_ok,
+            f"date_grid must be null or a list of season days (1..{MAX_SEASON_DAY}, counted "
+            "from 1 January of the first date's year)",
+        ):
             grid = self.date_grid or []
             need(
                 all(a < b for a, b in itertools.pairwise(grid)),

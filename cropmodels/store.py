@@ -462,6 +462,15 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def season_days(dates: Sequence[str | dt.date]) -> list[int]:
+    """Days since 31 December before the first date (see :attr:`Store.season_days`)."""
+    parsed = [d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)) for d in dates]
+    if not parsed:
+        return []
+    origin = dt.date(parsed[0].year, 1, 1)
+    return [(d - origin).days + 1 for d in parsed]
+
+
 def _iso_dates(dates: Sequence[str | dt.date]) -> list[str]:
     out = []
     for d in dates:
@@ -644,6 +653,15 @@ class Store:
     @property
     def day_of_year(self) -> list[int]:
         return list(self._attrs["day_of_year"])
+
+    @property
+    def season_days(self) -> list[int]:
+        """Days counted from 1 January of the first date's year (1 = that 1 January).
+
+        Unlike days of the year they keep increasing across New Year, so a season from
+        December to November, or a 16-month series, is still an increasing date grid.
+        """
+        return season_days(self.dates)
 
     @property
     def patch_size(self) -> int:

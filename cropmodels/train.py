@@ -624,15 +624,18 @@ class RowData:
         )
 
 
-def card_date_grid(day_of_year: Sequence[int]) -> list[int] | None:
-    """The store's days of year as a card ``date_grid``, or None when they cannot be one.
+def card_date_grid(season_days: Sequence[int]) -> list[int] | None:
+    """The store's season days (:attr:`Store.season_days`) as a card ``date_grid``, or None.
 
-    A card's grid must be strictly increasing days 1..366; a season crossing New Year (East
-    Africa Dec-Nov) or longer than a year (Flanders Aug-Nov of the next year) is not, and then
-    the normalisation falls back to one row for all dates (see the report for this limitation).
+    A card's grid must be strictly increasing season days within three years (any real series
+    is); otherwise the normalisation falls back to one row of statistics for all dates.
     """
-    days = [int(d) for d in day_of_year]
-    ok = all(1 <= d <= 366 for d in days) and all(a < b for a, b in itertools.pairwise(days))
+    from .modelcard import MAX_SEASON_DAY
+
+    days = [int(d) for d in season_days]
+    ok = all(1 <= d <= MAX_SEASON_DAY for d in days) and all(
+        a < b for a, b in itertools.pairwise(days)
+    )
     return days if ok else None
 
 
@@ -1004,14 +1007,13 @@ def _make_context(
 ) -> _Context:
     spec = get_spec(config.model)
     store = experiment.store
-    grid = card_date_grid(store.day_of_year)
+    grid = card_date_grid(store.season_days)
     per_date = config.per_date_normalisation and grid is not None
     if config.per_date_normalisation and grid is None:
         LOG.warning(
-            "the store's dates (days of year %s) are not an increasing date grid within one year, "
-            "which a model card cannot record; normalising with one row of statistics for all "
-            "dates",
-            store.day_of_year,
+            "the store's dates (%s) are not an increasing date grid a model card can record; "
+            "normalising with one row of statistics for all dates",
+            store.dates,
         )
     data = RowData(store, experiment.plan.rows, spec.input_kind, config.cache_mb,
                    is_cancelled=is_cancelled)  # fmt: skip
@@ -1212,7 +1214,7 @@ def train_model(
     spec = get_spec(config.model)
     store_obj = experiment.store
     attrs = store_obj.attrs
-    grid = card_date_grid(store_obj.day_of_year) if ctx.per_date else None
+    grid = card_date_grid(store_obj.season_days) if ctx.per_date else None
     final_info = {
         "protocol": (
             f"trained on {len(final_train)} parcels (all kept parcels but fold part 0), epoch "

@@ -140,7 +140,7 @@ def test_train_model_writes_model_card_and_report(separable, tmp_path):
     assert card.architecture == "gru"
     assert card.input_kind == "features"
     store = Store(separable)
-    assert card.date_grid == store.day_of_year
+    assert card.date_grid == store.season_days
     mean, std = card.normalisation_arrays()
     assert mean.shape == std.shape == (12, 20)  # one row per date of the grid
     assert [c.name for c in card.classes] == ["peak 1", "peak 2", "peak 3"]
@@ -265,7 +265,7 @@ def test_every_registry_model_trains_on_real_flanders_patches(tmp_path):
     train_model(out, config, tmp_path / "m" / "cnn_gru9", cv=False, report=False)
     card = read_card(tmp_path / "m" / "cnn_gru9.json")
     assert card.patch_size == 32
-    assert card.date_grid == Store(out).day_of_year
+    assert card.date_grid == Store(out).season_days
     assert np.asarray(card.normalisation["mean"]).shape == (8, 10)
     assert card.provenance["label_notes"]
     # spatial blocks from the parcel layer the store came from, by input position
@@ -333,9 +333,15 @@ def test_feature_statistics_floor_constant_channels_and_round_trip_a_card():
         norm.apply_numpy(x[:, :3])
 
 
-def test_card_date_grid_refuses_seasons_across_new_year():
+def test_card_date_grid_takes_seasons_across_new_year_as_season_days():
+    from cropmodels.store import season_days
+
     assert card_date_grid([10, 40, 70]) == [10, 40, 70]
-    assert card_date_grid([336, 1, 32]) is None
+    assert card_date_grid([336, 1, 32]) is None  # days of the year are not a grid...
+    # ...but season days are: East Africa's Dec 2016 - Nov 2017, Flanders' 16 months.
+    assert season_days(["2016-12-01", "2017-01-01", "2017-11-01"]) == [336, 367, 671]
+    assert card_date_grid(season_days(["2016-12-01", "2017-01-01"])) == [336, 367]
+    assert season_days(["2017-08-04", "2018-11-27"]) == [216, 696]
     assert card_date_grid([200, 300, 200]) is None
 
 
