@@ -1024,7 +1024,7 @@ def _make_context(
         device=resolve_device(config.device),
         n_classes=len(experiment.plan.classes),
         per_date=per_date,
-        doy=np.asarray(store.day_of_year, dtype=np.int64),
+        doy=np.asarray(store.season_days, dtype=np.int64),
         progress=progress,
         is_cancelled=is_cancelled,
         workdir=workdir,
@@ -1320,7 +1320,7 @@ def predict_proba(
     tracker = _Progress(progress, 1)
     ctx = _Context(
         store=store, data=data, config=config, device=dev, n_classes=len(card.classes),
-        per_date=norm.n_rows > 1, doy=np.asarray(store.day_of_year, dtype=np.int64),
+        per_date=norm.n_rows > 1, doy=np.asarray(store.season_days, dtype=np.int64),
         progress=tracker, is_cancelled=is_cancelled, workdir=None,
     )  # fmt: skip
     model = model.to(dev)

@@ -115,11 +115,12 @@ class PSELTAE(SequenceClassifier):
     """PSE (mean+std pooling) -> L-TAE (16 heads, d_k 8, d_model 256) -> MLP decoder.
 
     Input (B, T, n_bands, H, W) patches with zeros outside the parcel, mask (B, T), optional
-    ``doy`` (B, T) day of year (the date index when absent) and optional ``pixel_mask``
-    (B, H, W) or (B, T, H, W), True on parcel pixels. Without ``pixel_mask`` parcel pixels
-    are those not zero in every band, which holds for raw reflectances but not after a
-    normalisation that shifts the outside: pass the mask then. -> raw logits (B, n_classes).
-    BatchNorm in the decoder needs training batches of 2 or more.
+    ``doy`` (B, T) day of each date (season days, see the store; the date index when absent)
+    and optional ``pixel_mask`` (B, H, W) or (B, T, H, W), True on parcel pixels. Without
+    ``pixel_mask`` parcel pixels are those not zero in every band, which holds for raw
+    reflectances but not after a normalisation that shifts the outside: pass the mask then.
+    Output: raw logits (B, n_classes). BatchNorm in the decoder needs training batches of 2 or
+    more.
     """
 
     input_kind = "patches"
