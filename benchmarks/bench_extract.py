@@ -319,6 +319,8 @@ def report(name: str, value: Any, goal: str, results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cropmodels.extract import ExtractConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--size",
@@ -332,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--memory-mb",
         type=float,
-        default=1024.0,
-        help="extractor memory budget (ExtractConfig.memory_mb)",
+        default=ExtractConfig.memory_mb,
+        help="extractor memory budget (default: ExtractConfig.memory_mb)",
     )
     parser.add_argument("--regenerate", action="store_true", help="rebuild the cached data")
     parser.add_argument("--profile", action="store_true", help="also profile the extraction")
@@ -358,8 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     data = ensure_dataset(spec, regenerate=args.regenerate)
-    from cropmodels.extract import ExtractConfig
-
     workers = ExtractConfig().n_workers()
     m = data.manifest
     results: dict[str, Any] = {

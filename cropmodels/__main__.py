@@ -421,7 +421,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--out", required=True, help="store folder to create")
     p.add_argument("--label-field", help="field holding the integer crop code of each parcel")
     p.add_argument("--id-field", help="field holding the parcel id (default: its position)")
-    p.add_argument("--memory-mb", type=float, default=1024, help="row buffer budget (MiB)")
+    p.add_argument(
+        "--memory-mb", type=float, default=2048, help="memory budget for the stack's pixels (MiB)"
+    )
     p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
     p.add_argument("--chunk-parcels", type=int, default=64, help="parcels per store chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
