@@ -216,8 +216,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (paper: 5)")
     p.add_argument("--only-folds", help="run only these folds, e.g. '1,2' (1-based; quick runs)")
     p.add_argument("--grouping", choices=("stratified", "spatial"), default="stratified",
-                   help="spatial: folds of whole spatial blocks (needs --parcels)")  # fmt: skip
-    p.add_argument("--parcels", help="the parcel layer the store was extracted from (spatial)")
+                   help="spatial: folds of whole blocks of parcel centroids")  # fmt: skip
+    p.add_argument("--parcels", help="the parcel layer the store was extracted from (spatial "
+                   "folds; by default the centroids recorded in the store)")  # fmt: skip
     p.add_argument("--layer", help="layer inside --parcels")
     p.add_argument("--block-size", type=float, default=1000.0, help="spatial block side (m)")
     p.add_argument("--class-map", help="CSV source_code,code,name[,colour] mapping label codes")
@@ -235,7 +236,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 def _training_inputs(args: argparse.Namespace, model: str, workdir: str) -> tuple:
     """(TrainConfig, groups or None, ClassMap or None) from the shared options."""
     from .store import Store
-    from .train import TrainConfig, blocks_from_parcels, read_class_map
+    from .train import TrainConfig, blocks_from_parcels, blocks_from_store, read_class_map
 
     only = None
     if args.only_folds:
@@ -260,9 +261,11 @@ def _training_inputs(args: argparse.Namespace, model: str, workdir: str) -> tupl
     )  # fmt: skip
     groups = None
     if args.grouping == "spatial":
-        if not args.parcels:
-            raise ValueError("--grouping spatial needs --parcels (the layer the store came from)")
-        groups = blocks_from_parcels(args.parcels, Store(args.store), args.block_size, args.layer)
+        store = Store(args.store)
+        if args.parcels:
+            groups = blocks_from_parcels(args.parcels, store, args.block_size, args.layer)
+        else:  # the centroids recorded at extraction
+            groups = blocks_from_store(store, args.block_size)
     elif args.parcels:
         print("note: --parcels is only used with --grouping spatial", file=sys.stderr)
     class_map = read_class_map(args.class_map) if args.class_map else None

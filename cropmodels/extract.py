@@ -134,6 +134,7 @@ class ParcelData:
     mask: np.ndarray | None = None  # (P, P) bool, parcel pixels of the patch
     features: np.ndarray | None = None  # (T, 20) float32: means of the 10 bands, then stds
     geometry_repaired: bool = False
+    centroid: tuple[float, float] | None = None  # in the stack's CRS; None without a geometry
 
     @property
     def usable(self) -> bool:
@@ -150,6 +151,7 @@ class _Job:
     col1: int
     partly_outside: bool
     repaired: bool
+    centroid: tuple[float, float] | None = None
 
     @functools.cached_property
     def shape(self) -> Any:
@@ -369,8 +371,10 @@ def _polygonal(geom: Any) -> tuple[Any | None, bool]:
     return None, repaired
 
 
-def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool]]]:
-    """Windows of the usable parcels, and (index, status, repaired) of the others."""
+def _plan(
+    gdf: Any, stack: Stack
+) -> tuple[list[_Job], list[tuple[int, str, bool, tuple[float, float] | None]]]:
+    """Windows of the usable parcels, and (index, status, repaired, centroid) of the others."""
     transform = stack.grid.transform
     if transform.b != 0 or transform.d != 0:
         raise StackError("Rotated image grids are not supported; warp the stack north-up first.")
@@ -386,12 +390,12 @@ def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool
     dx, dy = transform.a, -transform.e
     height, width = stack.grid.height, stack.grid.width
     jobs: list[_Job] = []
-    failed: list[tuple[int, str, bool]] = []
+    failed: list[tuple[int, str, bool, tuple[float, float] | None]] = []
     eps = 1e-6
     for index, geom in enumerate(gdf.geometry.values):
         geom, repaired = _polygonal(geom)
         if geom is None:
-            failed.append((index, INVALID, repaired))
+            failed.append((index, INVALID, repaired, None))
             continue
         minx, miny, maxx, maxy = geom.bounds
         col0 = math.floor((minx - x0) / dx + eps)
@@ -401,11 +405,17 @@ def _plan(gdf: Any, stack: Stack) -> tuple[list[_Job], list[tuple[int, str, bool
         c0, c1 = max(col0, 0), min(col1, width)
         r0, r1 = max(row0, 0), min(row1, height)
         if c0 >= c1 or r0 >= r1:
-            failed.append((index, OUTSIDE, repaired))
+            failed.append((index, OUTSIDE, repaired, _centre(geom)))
             continue
         partly = (c0, c1, r0, r1) != (col0, col1, row0, row1)
-        jobs.append(_Job(index, geom, r0, r1, c0, c1, partly, repaired))
+        jobs.append(_Job(index, geom, r0, r1, c0, c1, partly, repaired, _centre(geom)))
     return jobs, failed
+
+
+def _centre(geom: Any) -> tuple[float, float]:
+    """Centroid (x, y) in the stack's CRS: where the parcel is, for spatially grouped folds."""
+    c = geom.centroid
+    return (float(c.x), float(c.y))
 
 
 # -- the streamed extraction -----------------------------------------------------------------
@@ -715,11 +725,11 @@ def extract(
     total = len(gdf)
     t_count = len(stack)
     done = 0
-    for index, status, repaired in failed:
+    for index, status, repaired, centroid in failed:
         summary.add(status)
         done += 1
         yield ParcelData(index, status, 0, np.ones(t_count, np.float32), 0,
-                         geometry_repaired=repaired)  # fmt: skip
+                         geometry_repaired=repaired, centroid=centroid)  # fmt: skip
     if not jobs:
         progress(1.0, "no parcel overlaps the stack")
         return
@@ -730,7 +740,10 @@ def extract(
     try:
         # GDAL_CACHEMAX is process-wide in GDAL; rasterio restores the previous value on exit.
         with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), _one_blas_thread():
-            yield from _stream(ex, jobs, config, summary, progress, is_cancelled, done, total)
+            centres = {j.index: j.centroid for j in jobs}
+            for data in _stream(ex, jobs, config, summary, progress, is_cancelled, done, total):
+                data.centroid = centres[data.index]
+                yield data
     finally:
         ex.close()
     repaired = sum(1 for j in jobs if j.repaired) + sum(1 for f in failed if f[2])

@@ -26,6 +26,8 @@ n_pixels               (N,) int32            pixel centres inside the parcel
 cloud_fraction         (N,T) float16         share of the parcel not clear, per date
 n_clear_dates          (N,) int16            dates on which the parcel is mostly clear
 geometry_repaired      (N,) bool             the polygon was invalid and repaired
+centroid               (N,2) float64         parcel centroid (x, y) in the stack's CRS
+                                             (``attrs["stack"]["crs"]``); NaN without geometry
 =====================  ====================  ==========================================
 
 ``patches``, ``mask`` and ``features`` are chunked by ``chunk_parcels`` rows and written while
@@ -96,6 +98,7 @@ META_FIELDS: tuple[str, ...] = (
     "cloud_fraction",
     "n_clear_dates",
     "geometry_repaired",
+    "centroid",
 )
 META_CHUNK_ROWS = 1 << 16  # rows per chunk of the small per-parcel arrays
 MAX_CHUNK_BYTES = 64 * 2**20  # uncompressed patches per chunk: bounds writer and reader memory
@@ -309,6 +312,7 @@ class _Writer:
         self.cloud_fraction = np.ones((n, t_count), np.float16)
         self.n_clear_dates = np.zeros(n, np.int16)
         self.geometry_repaired = np.zeros(n, bool)
+        self.centroid = np.full((n, 2), np.nan)
         self.rows = 0  # rows written to disk
         self.fill = 0  # rows in the buffers
         self.n_clipped = 0
@@ -343,6 +347,8 @@ class _Writer:
         self.cloud_fraction[row] = np.nan_to_num(cloud, nan=1.0)
         self.n_clear_dates[row] = data.n_clear_dates
         self.geometry_repaired[row] = bool(data.geometry_repaired)
+        if data.centroid is not None:
+            self.centroid[row] = data.centroid
         self.fill += 1
 
     def _put_arrays(self, data: ParcelData, b: int) -> None:
@@ -408,6 +414,7 @@ class _Writer:
             "cloud_fraction": self.cloud_fraction,
             "n_clear_dates": self.n_clear_dates,
             "geometry_repaired": self.geometry_repaired,
+            "centroid": self.centroid,
         }
         for name, values in meta.items():
             array = self.group.create_dataset(
@@ -653,6 +660,12 @@ class Store:
     @property
     def day_of_year(self) -> list[int]:
         return list(self._attrs["day_of_year"])
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """(N, 2) parcel centroids in the stack's CRS (``attrs["stack"]["crs"]``), NaN where
+        the parcel had no usable geometry: where parcels are, for spatially grouped folds."""
+        return self.meta("centroid")
 
     @property
     def season_days(self) -> list[int]:

@@ -453,6 +453,28 @@ def blocks_from_lonlat(lon: np.ndarray, lat: np.ndarray, block_size: float) -> n
     return spatial_blocks(np.asarray(x), np.asarray(y), block_size)
 
 
+def blocks_from_store(store: Store, block_size: float) -> np.ndarray:
+    """Block id of every store row from the parcel centroids the store records.
+
+    Rows without a centroid (no usable geometry; never trained on) get block -1. The stack's
+    CRS must be projected (metres), as Sentinel-2 UTM tiles are.
+    """
+    from pyproj import CRS
+
+    crs_text = (store.attrs.get("stack") or {}).get("crs")
+    if not crs_text or not CRS.from_user_input(crs_text).is_projected:
+        raise ValueError(
+            f"the store's stack CRS ({crs_text or 'unknown'}) is not projected, so its "
+            "centroids are not in metres; give the parcel layer (--parcels) for spatial folds"
+        )
+    centres = store.centroids
+    known = np.isfinite(centres).all(axis=1)
+    blocks = np.full(len(store), -1, dtype=np.int64)
+    if known.any():
+        blocks[known] = spatial_blocks(centres[known, 0], centres[known, 1], block_size)
+    return blocks
+
+
 def blocks_from_parcels(
     parcels: str | Path, store: Store, block_size: float, layer: str | None = None
 ) -> np.ndarray:
@@ -963,8 +985,8 @@ class Experiment:
         if config.grouping == "spatial":
             if groups is None:
                 raise ValueError(
-                    "spatial folds need the parcels' positions: give the parcel layer the store "
-                    "was extracted from (--parcels) or a groups array"
+                    "spatial folds need the parcels' positions: give a groups array (see "
+                    "blocks_from_store and blocks_from_parcels)"
                 )
             groups = np.asarray(groups)
             if len(groups) != len(store):
@@ -1343,6 +1365,7 @@ __all__ = [
     "assign_parts",
     "blocks_from_lonlat",
     "blocks_from_parcels",
+    "blocks_from_store",
     "card_date_grid",
     "cross_validate",
     "deterministic",

@@ -384,3 +384,28 @@ def test_long_series_get_smaller_chunks(tmp_path: Path, monkeypatch):
         assert np.abs(batch.patches[r.index] - r.patches).max() <= 0.5
     rows = np.concatenate([b.rows for b in store.iter_batches(2, buffer_mb=0.0)])
     assert list(rows) == list(range(7))
+
+
+def test_store_records_parcel_centroids_for_spatial_folds(tmp_path):
+    """Centroids in the stack's CRS; spatial blocks from them match those from the layer."""
+    import geopandas as gpd
+
+    from cropmodels.extract import extract
+    from cropmodels.stack import open_stack
+    from cropmodels.store import Store, write_store
+    from cropmodels.train import blocks_from_parcels, blocks_from_store
+    from sample_data import PARCELS, STACK
+
+    stack = open_stack(STACK)
+    gdf = gpd.read_file(PARCELS)
+    out = tmp_path / "c.store"
+    dates = [d.date for d in stack.dates]
+    write_store(extract(gdf, stack), out, n_parcels=len(gdf),
+                stack_description=stack.describe(), dates=dates)  # fmt: skip
+    store = Store(out)
+    order = np.asarray(store.source_index)
+    expected = np.column_stack([gdf.geometry.centroid.x, gdf.geometry.centroid.y])[order]
+    np.testing.assert_allclose(store.centroids, expected)
+    np.testing.assert_array_equal(
+        blocks_from_store(store, 200.0), blocks_from_parcels(PARCELS, store, 200.0)
+    )

@@ -453,7 +453,7 @@ def test_spatial_folds_keep_each_block_in_one_part():
 
 
 def test_spatial_grouping_needs_groups(small):
-    with pytest.raises(ValueError, match="--parcels"):
+    with pytest.raises(ValueError, match="groups array"):
         Experiment.prepare(small, TrainConfig(model="gru", grouping="spatial"))
 
 
