@@ -142,6 +142,41 @@ def child_extract(data: SyntheticData, subset: str, memory_mb: float) -> dict[st
     }
 
 
+def child_output_floor(data: SyntheticData, subset: str, threads: int) -> dict[str, Any]:
+    """A floor under any extractor of this output: allocate and write, once, the float32
+    (T, 10, 32, 32) patches and (T, 20) features of every parcel, on the extractor's threads,
+    as the extractor hands out one fresh array per parcel. No reading, no computing."""
+    import numpy as np
+
+    from cropmodels.stack import open_stack
+
+    n = len(_parcels(data, subset))
+    t_count = len(open_stack(data.stack))
+
+    def one(count: int) -> int:
+        written = 0
+        for _ in range(count):
+            patches = np.empty((t_count, 10, 32, 32), np.float32)
+            patches.fill(1.0)
+            features = np.empty((t_count, 20), np.float32)
+            features.fill(1.0)
+            written += patches.nbytes + features.nbytes
+        return written
+
+    shares = [n // threads + (1 if k < n % threads else 0) for k in range(threads)]
+    cpu = _cpu_seconds()
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as pool:
+        written = sum(pool.map(one, shares))
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": _cpu_seconds() - cpu,
+        "n_parcels": n,
+        "threads": threads,
+        "written_bytes": written,
+    }
+
+
 def child_exactextract(data: SyntheticData, subset: str) -> dict[str, Any]:
     from exactextract import exact_extract
 
@@ -353,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "read": lambda: child_read(data, args.threads),
             "extract": lambda: child_extract(data, args.subset, args.memory_mb),
             "exactextract": lambda: child_exactextract(data, args.subset),
+            "floor": lambda: child_output_floor(data, args.subset, args.threads),
             "store": lambda: child_store(data, args.subset, args.memory_mb),
             "profile": lambda: child_profile(data, args.subset, args.memory_mb),
         }
@@ -438,6 +474,19 @@ def main(argv: list[str] | None = None) -> int:
         "extract_vs_read_cpu_ratio",
         b["cpu_seconds"] / steps["read_n_threads"]["cpu_seconds"],
         "informative: CPU time (all threads) instead of wall-clock time",
+        results,
+    )
+
+    steps["output_floor"] = f = run_child(args, "floor", subset="all", threads=workers)
+    print(
+        f"  floor: writing the outputs once ({f['written_bytes'] / 1e9:.1f} GB of float32 "
+        f"patches and features, {f['written_bytes'] / steps['read_n_threads']['decoded_bytes']:.1f}"
+        f" x the decoded stack): {f['seconds']:.2f} s"
+    )
+    report(
+        "output_floor_vs_read_ratio",
+        f["seconds"] / steps["read_n_threads"]["seconds"],
+        "informative: a floor under extract_vs_read_ratio for any extractor of these outputs",
         results,
     )
 

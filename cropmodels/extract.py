@@ -25,11 +25,12 @@ Values are in the canonical unit of :mod:`.stack` (reflectance x 10000, offset r
 
 Streaming: parcels are sorted by their top row; the stack is read in full-width row chunks,
 every date of a chunk read in parallel threads, the next chunk read while the parcels of the
-current one are processed. A chunk is released as soon as no remaining parcel needs it, so
-memory is bounded by ``memory_mb`` (row buffer plus GDAL's block cache, which is capped while
-extracting) whatever the number of parcels. When the budget holds chunks as tall as the files'
-internal blocks, chunks are aligned to them and each pixel of each date is decoded once;
-thinner chunks make GDAL decode some blocks again (the log says so). The parcels of a chunk are
+current one are processed. Once a chunk's parcels are done it is cut down to the rows that
+parcels still pending need (at most one parcel height), so memory is bounded by ``memory_mb``
+(two chunks and that tail, plus GDAL's block cache, which is capped while extracting) whatever
+the number of parcels. When the budget holds two chunks as tall as the files' internal blocks,
+chunks are aligned to them and each pixel of each date is decoded once; thinner chunks make
+GDAL decode some blocks again (the log says so). The parcels of a chunk are
 processed in groups of similar window size, each group in a few large array operations (which
 release the GIL, so two processing threads overlap each other and the readers). Only parcels
 taller than the budget allows are read on their own (their rows decoded a second time; the log
@@ -82,6 +83,11 @@ STATUS_TEXT = {
     INVALID: "empty, missing or non-polygon geometry",
 }
 USABLE = frozenset({OK, PARTLY_OUTSIDE})
+# Rows of previous chunks kept for the parcels still pending, at least, when choosing chunks as
+# tall as the files' blocks (taller parcels are read on their own).
+MIN_TAIL_ROWS = 64
+# GDAL's block cache while reading chunks of whole blocks (each block decoded once).
+ALIGNED_GDAL_CACHE_MB = 64
 PARCELS_IN_FLIGHT = 32  # parcels rasterised together, and at most per processing group
 # Bound on the float32 values a processing group holds at once (its stacked windows twice, the
 # rows resized, the patches): 16 MB each, about 64 MB per group in flight; groups of more were
@@ -738,10 +744,16 @@ def extract(
 
     ex = _Extractor(stack, config)
     try:
+        chunking = _chunking(ex, jobs, config)
         # GDAL_CACHEMAX is process-wide in GDAL; rasterio restores the previous value on exit.
-        with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), _one_blas_thread():
+        # Chunks of whole blocks decode each block once and need no more cache than the blocks
+        # being decoded.
+        cache_mb = ALIGNED_GDAL_CACHE_MB if chunking.aligned else config.gdal_cache_mb()
+        with rasterio.Env(GDAL_CACHEMAX=min(cache_mb, config.gdal_cache_mb())), _one_blas_thread():
             centres = {j.index: j.centroid for j in jobs}
-            for data in _stream(ex, jobs, config, summary, progress, is_cancelled, done, total):
+            for data in _stream(
+                ex, jobs, chunking, config, summary, progress, is_cancelled, done, total
+            ):
                 data.centroid = centres[data.index]
                 yield data
     finally:
@@ -753,9 +765,37 @@ def extract(
     LOG.info("Extraction: %s", ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())))
 
 
+@dataclass(frozen=True)
+class _Chunking:
+    col0: int
+    col1: int
+    chunk_rows: int
+    max_parcel_rows: int  # taller parcels are read on their own
+    aligned: bool  # chunks of whole blocks: each block decoded once
+
+
+def _chunking(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> _Chunking:
+    """Row chunks for the memory budget: the chunk being processed, the next one being read
+    ahead, and the tail of the previous ones that parcels still pending need (at most one
+    parcel height: chunks are trimmed to it); 20% for the parcels in flight and temporaries."""
+    col0 = min(j.col0 for j in jobs)
+    col1 = max(j.col1 for j in jobs)
+    bytes_per_row = len(ex.stack) * (N_BANDS * ex.dtype.itemsize + 1) * (col1 - col0)
+    budget_rows = max(6, int(config.buffer_mb() * 2**20 * 0.8 // bytes_per_row))
+    chunk_rows = max(1, budget_rows // 6)
+    block = ex.block_rows
+    if chunk_rows < block <= (budget_rows - MIN_TAIL_ROWS) // 2:
+        chunk_rows = block  # two whole blocks fit: read block rows, decode each block once
+    aligned = chunk_rows >= block
+    if aligned:
+        chunk_rows = chunk_rows // block * block
+    return _Chunking(col0, col1, chunk_rows, max(budget_rows - 2 * chunk_rows, 1), aligned)
+
+
 def _stream(
     ex: _Extractor,
     jobs: list[_Job],
+    chunking: _Chunking,
     config: ExtractConfig,
     summary: ExtractionSummary,
     progress: ProgressFn,
@@ -765,22 +805,14 @@ def _stream(
 ) -> Iterator[ParcelData]:
     stack = ex.stack
     t_count = len(stack)
-    col0 = min(j.col0 for j in jobs)
-    col1 = max(j.col1 for j in jobs)
-    bytes_per_row = t_count * (N_BANDS * ex.dtype.itemsize + 1) * (col1 - col0)
-    # Budget: the row buffer (at most one parcel height plus two chunks, as chunks are aligned),
-    # one chunk being read ahead, and 20% for the parcels in flight and their temporaries.
-    budget_rows = max(6, int(config.buffer_mb() * 2**20 * 0.8 // bytes_per_row))
-    chunk_rows = max(1, budget_rows // 6)
-    if chunk_rows >= ex.block_rows:  # whole blocks: each block decoded once
-        chunk_rows = chunk_rows // ex.block_rows * ex.block_rows
-    else:
+    col0, col1 = chunking.col0, chunking.col1
+    chunk_rows, max_parcel_rows = chunking.chunk_rows, chunking.max_parcel_rows
+    if not chunking.aligned:
         LOG.info(
             "The memory budget holds %d rows per chunk, fewer than the files' %d-row blocks; "
             "GDAL may decode some blocks more than once. A larger budget avoids it.",
             chunk_rows, ex.block_rows,
         )  # fmt: skip
-    max_parcel_rows = max(budget_rows - 3 * chunk_rows, 1)
 
     tall = [j for j in jobs if j.row1 - j.row0 > max_parcel_rows]
     jobs = [j for j in jobs if j.row1 - j.row0 <= max_parcel_rows]
@@ -807,6 +839,7 @@ def _stream(
     pending = np.ones(len(by_bottom), dtype=bool)
     cursor = 0
     buffer: list[_Chunk] = []
+    held: tuple[_Chunk, ...] = ()
     # Groups submitted to the workers and not yet yielded: one per worker and one waiting.
     inflight: collections.deque[cf.Future[list[ParcelData]]] = collections.deque()
     max_inflight = max(1, config.process_workers) + 1
@@ -820,6 +853,11 @@ def _stream(
         assert future is not None
         chunk = future.result()
         summary.rows_read += chunk.row1 - chunk.row0
+        # The groups of the previous chunk hold it whole: finish them before reading ahead, so
+        # that only its trimmed tail, this chunk and the next are in memory.
+        while inflight:
+            yield from map(emit, inflight.popleft().result())
+        held = ()  # nor keep it here
         if position + 1 < len(needed):
             future = ex.prefetch.submit(ex.read, *chunk_range(needed[position + 1]), col0, col1)
         buffer.append(chunk)
@@ -846,7 +884,7 @@ def _stream(
             while len(inflight) > max_inflight:
                 yield from map(emit, inflight.popleft().result())
         lowest = int(row0s[pending].min()) if pending.any() else stack.grid.height
-        buffer = [c for c in buffer if c.row1 > lowest]
+        buffer = [_trimmed(c, lowest) for c in buffer if c.row1 > lowest]
     while inflight:
         yield from map(emit, inflight.popleft().result())
 
@@ -856,6 +894,20 @@ def _stream(
         summary.rows_reread += job.row1 - job.row0
         done_tall = ex.workers.submit(ex.process_batch, [job], (chunk,), [None], job.col0)
         yield from map(emit, done_tall.result())
+
+
+def _trimmed(chunk: _Chunk, row0: int) -> _Chunk:
+    """The rows of ``chunk`` from ``row0`` on, copied so that the rest can be freed (the groups
+    in flight keep their reference to the whole chunk until they finish)."""
+    if row0 <= chunk.row0:
+        return chunk
+    cut = row0 - chunk.row0
+    return _Chunk(
+        row0,
+        chunk.row1,
+        np.ascontiguousarray(chunk.values[:, :, cut:]),
+        np.ascontiguousarray(chunk.clear[:, cut:]),
+    )
 
 
 def _process_buffered(

@@ -221,13 +221,14 @@ def test_no_clear_observation(tmp_path: Path, parcels):
 def test_tiny_memory_budget_streams_many_chunks_with_identical_results(stack, extracted):
     """Row chunks far smaller than the parcels: results must not depend on the chunking."""
     summary = ExtractionSummary()
-    small = {r.index: r for r in extract(PARCELS, stack, ExtractConfig(memory_mb=0.4, workers=1),
-                                         summary=summary)}  # fmt: skip
+    config = ExtractConfig(memory_mb=0.4, workers=1)
+    small = {r.index: r for r in extract(PARCELS, stack, config, summary=summary)}
     assert summary.rows_reread > 0 or summary.rows_read >= 64
     for i, r in extracted.items():
         np.testing.assert_array_equal(small[i].patches, r.patches)
         np.testing.assert_array_equal(small[i].features, r.features)
-    assert summary.peak_buffer_mb < 0.5
+    # GDAL's cache takes its minimum (16 MB), the row buffer gets 1 MB, 80% of it for rows.
+    assert summary.peak_buffer_mb <= 0.8 * config.buffer_mb()
 
 
 def test_progress_and_cancellation(stack):
