@@ -283,6 +283,7 @@ def _interrupted(workdir: str) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from . import distributed
     from .progress import Cancelled
     from .train import train_model
 
@@ -290,6 +291,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.suffix in (".json", ".safetensors"):
         out = out.with_suffix("")
     workdir = args.workdir or str(out.with_name(out.name + ".work"))
+    # Under torchrun (several processes): join the group; only rank 0 writes and prints.
+    dist = distributed.setup(args.device)
+    if dist is not None and not dist.main:
+        args.quiet = True
     config, groups, class_map = _training_inputs(args, args.model, workdir)
     bar, progress = _tqdm_progress(args, f"train {args.model}")
     try:
@@ -300,7 +305,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except (KeyboardInterrupt, Cancelled):
         return _interrupted(workdir)
+    finally:
+        distributed.shutdown()
+    if dist is not None and not dist.main:
+        return 0
     plan = result.plan
+    if dist is not None:
+        share = result.history[-1]["train_samples"] if result.history else 0
+        print(
+            f"Trained data-parallel on {dist.world} processes ({dist.backend}); process 0 "
+            f"trained on {share} parcels per epoch"
+        )
     print(
         f"Wrote {out}.safetensors and {out}.json ({result.card.parameter_count:,} parameters, "
         f"{len(plan.classes)} classes, {len(plan.rows)} parcels)"

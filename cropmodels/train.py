@@ -55,14 +55,15 @@ import os
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .architectures import FEATURES, PATCHES, get_spec
+from .distributed import DistInfo, gather_rows, share
 from .evaluate import CVResult, fold_metrics, json_safe
 from .modelcard import CropClass
 from .normalise import Normaliser
@@ -678,6 +679,12 @@ class _Context:
     progress: _Progress
     is_cancelled: CancelFn
     workdir: Path | None
+    dist: DistInfo | None = None  # one of several data-parallel processes (torchrun)
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files (the only one unless distributed)."""
+        return self.dist is None or self.dist.main
 
 
 class _Progress:
@@ -766,9 +773,13 @@ def _eval_permutations(ctx: _Context, rows: np.ndarray) -> np.ndarray | None:
 
 
 def _predict(ctx: _Context, model: nn.Module, norm: Normaliser, rows: np.ndarray) -> np.ndarray:
-    """Class probabilities (len(rows), K) in the order of ``rows``."""
+    """Class probabilities (len(rows), K) in the order of ``rows`` (distributed: each process
+    predicts its share, and all get the whole)."""
     import torch
 
+    if ctx.dist is not None:
+        mine = _predict(replace(ctx, dist=None), model, norm, rows[share(len(rows), ctx.dist)])
+        return gather_rows(mine, len(rows), ctx.dist)
     model.eval()
     out = np.zeros((len(rows), ctx.n_classes), np.float32)
     position = {int(r): i for i, r in enumerate(rows)}
@@ -851,10 +862,19 @@ def train_one(
     norm = ctx.data.fit_normaliser(train_rows, ctx.per_date)
     torch.manual_seed(derive_seed(cfg.seed, tag, "init"))
     model = get_model(cfg.model, n_classes=ctx.n_classes, n_bands=10, **cfg.hparams).to(ctx.device)
+    net: nn.Module = model
+    world = 1 if ctx.dist is None else ctx.dist.world
+    if ctx.dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = ctx.device.type == "cuda"
+        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if cuda else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_amp = _amp(ctx.device, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = nn.CrossEntropyLoss()
+    # Summed and divided by the whole batch: with the batch split across processes, DDP's mean
+    # of their gradients (x world) is the gradient of the whole batch's mean loss.
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     label_of = dict(zip(train_rows.tolist(), y_train.tolist(), strict=True))
     n_batches = math.ceil(len(train_rows) / cfg.batch_size)
     history: list[dict[str, float]] = []
@@ -881,23 +901,30 @@ def train_one(
         for b_rows, x, mask in ctx.data.batches(
             train_rows, cfg.batch_size, True, int(rng.integers(2**31))
         ):
-            if len(b_rows) < 2:  # BatchNorm cannot train on one sample; the row is seen next epoch
+            n_batch = len(b_rows)
+            # BatchNorm cannot train on one sample (per process); the rows come next epoch.
+            if n_batch < 2 * world:
                 ctx.progress.step(1, f"{label} epoch {epoch + 1}/{cfg.epochs}")
                 continue
             perm = None
             if cfg.shuffle_dates:
                 t = len(ctx.doy)
-                perm = rng.permuted(np.tile(np.arange(t), (len(b_rows), 1)), axis=1)
+                perm = rng.permuted(np.tile(np.arange(t), (n_batch, 1)), axis=1)
+            if ctx.dist is not None:  # this process's share of the batch
+                part = share(n_batch, ctx.dist)
+                b_rows, x = b_rows[part], x[part]
+                mask = None if mask is None else mask[part]
+                perm = None if perm is None else perm[part]
             xt, mt, doy = _to_device(ctx, b_rows, x, mask, norm, perm)
             target = torch.as_tensor([label_of[int(r)] for r in b_rows], device=ctx.device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                logits = _forward(model, xt, mt, doy)
-            loss = loss_fn(logits.float(), target)
+                logits = _forward(net, xt, mt, doy)
+            loss = loss_fn(logits.float(), target) * (world / n_batch)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total_loss += float(loss.detach()) * len(b_rows)
+            total_loss += float(loss.detach()) * n_batch / world  # this process's rows
             seen += len(b_rows)
             ctx.progress.step(1, f"{label} epoch {epoch + 1}/{cfg.epochs}")
             check_cancelled(ctx.is_cancelled)
@@ -907,6 +934,7 @@ def train_one(
         record = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(seen, 1),
+            "train_samples": seen,  # rows this process trained on (its share when distributed)
             "val_fscore": score,
             "val_accuracy": float((val_pred == y_val).mean()),
         }
@@ -920,7 +948,7 @@ def train_one(
             f"{label} epoch {epoch + 1}/{cfg.epochs}: val F {score:.3f} (best {best_score:.3f} "
             f"at epoch {best_epoch})",
         )
-        if ckpt_path is not None:
+        if ckpt_path is not None and ctx.main:
             _atomic_torch_save(
                 {
                     "version": CHECKPOINT_VERSION,
@@ -1014,9 +1042,10 @@ def _run_dir(config: TrainConfig, experiment: Experiment, variant: str) -> Path 
     ).hexdigest()[:12]
     path = Path(config.workdir) / f"{config.model}-{variant}-{key}"
     path.mkdir(parents=True, exist_ok=True)
-    (path / "settings.json").write_text(
-        json.dumps({"config": config.to_dict(), "variant": variant}, indent=2), encoding="utf-8"
-    )
+    if distributed.is_main():
+        (path / "settings.json").write_text(
+            json.dumps({"config": config.to_dict(), "variant": variant}, indent=2), encoding="utf-8"
+        )
     return path
 
 
@@ -1039,17 +1068,19 @@ def _make_context(
         )
     data = RowData(store, experiment.plan.rows, spec.input_kind, config.cache_mb,
                    is_cancelled=is_cancelled)  # fmt: skip
+    dist = distributed.current()
     return _Context(
         store=store,
         data=data,
         config=config,
-        device=resolve_device(config.device),
+        device=distributed.device_for(dist, resolve_device(config.device)),
         n_classes=len(experiment.plan.classes),
         per_date=per_date,
         doy=np.asarray(store.season_days, dtype=np.int64),
         progress=progress,
         is_cancelled=is_cancelled,
         workdir=workdir,
+        dist=dist,
     )
 
 
@@ -1102,7 +1133,7 @@ def cross_validate(
                     "n_train": len(train), "n_val": len(val), "n_test": len(test),
                     "history": out.history,
                 })  # fmt: skip
-                if done is not None:
+                if done is not None and ctx.main:
                     done.write_text(json.dumps(json_safe(record)), encoding="utf-8")
                     (workdir / f"fold{k}.pt").unlink(missing_ok=True)
                 del out
@@ -1294,12 +1325,14 @@ def train_model(
         provenance=json_safe(provenance),
         metrics=json_safe(metrics),
     )
-    card = save_model(final.model.cpu(), card, out)
     report_path = None
-    if report:
-        from .report import write_train_report
+    if ctx.main:  # distributed: every process has the same model; one writes it
+        card = save_model(final.model.cpu(), card, out)
+        if report:
+            from .report import write_train_report
 
-        report_path = write_train_report(out, card, cv_result, plan, final.history)
+            report_path = write_train_report(out, card, cv_result, plan, final.history)
+    distributed.barrier(ctx.dist)
     return TrainResult(card, cv_result, out, report_path, workdir, plan, final.history)
 
 
@@ -1421,8 +1454,6 @@ def reproduce_paper(
     ``out_dir``; checkpoints go to ``config.workdir`` (default ``out_dir/work``), so an
     interrupted run resumes.
     """
-    from dataclasses import replace
-
     from .report import write_reproduce_report
 
     for name in (*models, *shuffled):

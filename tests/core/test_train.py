@@ -534,6 +534,45 @@ def test_paper_tables_agree_with_the_registry():
     assert paper.table3_value("grapevine", "gru") == 95.1
 
 
+@pytest.mark.slow
+def test_data_parallel_training_on_two_cpu_processes_matches_one_process(small, tmp_path):
+    """torchrun with 2 gloo processes: each takes half of every batch and the averaged gradients
+    equal the whole batch's, so a model without BatchNorm (gru) trains to the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["train", "--store", str(small), "--model", "gru", "--epochs", "3", "--no-cv",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    config = TrainConfig(model="gru", epochs=1, n_folds=5)
+    result = train_model(small, config, tmp_path / "probe", cv=False, report=False)
+    trained_alone = result.history[-1]["train_samples"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "cropmodels", *args, "--out", str(tmp_path / "two")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Each process trains on its half of every batch (not the whole batch twice).
+    assert (
+        f"Trained data-parallel on 2 processes (gloo); process 0 trained on "
+        f"{(trained_alone + 1) // 2} parcels per epoch" in done.stdout
+    ), done.stdout
+    one = load_file(tmp_path / "one.safetensors")
+    two = load_file(tmp_path / "two.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], atol=2e-5, err_msg=key)
+    card_one, card_two = read_card(tmp_path / "one.json"), read_card(tmp_path / "two.json")
+    best = card_one.metrics["final_model"]["best_epoch"]
+    assert card_two.metrics["final_model"]["best_epoch"] == best
+
+
 def test_auto_device_is_cpu_without_cuda():
     import torch
 
