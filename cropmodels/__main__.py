@@ -171,8 +171,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         def progress(fraction: float, message: str) -> None:
             bar.update(round(fraction * len(gdf)) - bar.n)
 
+        if args.scheduler:
+            from .cluster import extract_on_cluster
+
+            results = extract_on_cluster(gdf, args.stack, args.scheduler, config)
+        else:
+            results = extract(gdf, stack, config, summary=summary)
         store = write_store(
-            extract(gdf, stack, config, summary=summary),
+            results,
             args.out,
             n_parcels=len(gdf),
             stack_description=stack.describe(),
@@ -444,6 +450,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
     p.add_argument("--chunk-parcels", type=int, default=64, help="parcels per store chunk")
+    p.add_argument(
+        "--scheduler",
+        help="dask.distributed scheduler address (tcp://host:8786): "
+        "extract spatial blocks of parcels on its workers (see cropmodels.cluster)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["extract"] = cmd_extract
