@@ -191,11 +191,14 @@ def compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.gather(x, 1, index), lengths
 
 
-def last_valid_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
+def last_valid_gru(gru: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     """Final hidden state of a batch-first single-direction ``gru`` at each sequence's last valid
     step: (B, T, D) -> (B, hidden)."""
     x, lengths = compact(x, mask)
-    if bool((lengths == x.shape[1]).all()):
+    full = bool((lengths == x.shape[1]).all())
+    if hasattr(gru, "last_state"):  # inference.InferenceGRU
+        return gru.last_state(x, None if full else lengths)
+    if full:
         _, h_n = gru(x)
     else:
         packed = nn.utils.rnn.pack_padded_sequence(
