@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
+from .device import DEVICE_HELP
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -227,7 +228,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    "drop them, with a warning)")  # fmt: skip
     p.add_argument("--unknown-codes", choices=("error", "exclude", "other"), default="error",
                    help="label codes outside the store's classes or --class-map")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--workdir", help="checkpoint folder; rerunning the same command resumes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -458,7 +459,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--store", required=True, help="labelled parcel store")
     p.add_argument("--model", required=True, help="model file (.json, .safetensors or stem)")
     p.add_argument("--out", help="folder for metrics.json, report.md and confusion.png")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
