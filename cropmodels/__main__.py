@@ -23,12 +23,12 @@ Command = Callable[[argparse.Namespace], int]
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect
 
-    report = collect()
+    report = collect(args.device)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.to_text())
-    return 1 if report.missing else 0
+    return 1 if report.missing or report.default_device == "none" else 0
 
 
 def _models_table(n_classes: int) -> list[dict[str, object]]:
@@ -404,6 +404,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     p = sub.add_parser("doctor", help="report versions, missing packages and the device in use")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="auto", help=f"the device option to explain: {DEVICE_HELP}")
     commands["doctor"] = cmd_doctor
 
     p = sub.add_parser("models", help="print the architectures and Table 1 from the registry")

@@ -84,7 +84,7 @@ def cuda_unavailable_reason(torch_module: Any = None) -> str | None:
     if built_for is None:
         return (
             f"this torch build ({version}) is CPU-only; install a CUDA build to use an NVIDIA "
-            "GPU (plugin: Diagnostics > Install dependencies…)"
+            "GPU (in QGIS: Diagnostics > Install dependencies…)"
         )
     if torch_module.cuda.is_available():
         return None
