@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,12 @@ class Report:
         data["missing"] = self.missing
         return data
 
-    def to_text(self) -> str:
+    def to_text(self, extra_rows: Sequence[tuple[str, str]] = ()) -> str:
+        """The report as aligned ``label  value`` lines; ``extra_rows`` (e.g. the QGIS version)
+        come first, in the same columns."""
+        return format_rows([*extra_rows, *self.rows()])
+
+    def rows(self) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = [("Python", f"{self.python} ({self.platform})")]
         for pkg in self.packages:
             rows.append((pkg.name, pkg.version if pkg.ok else f"MISSING ({pkg.error})"))
@@ -90,8 +96,12 @@ class Report:
         if where:
             rows.append(("Loaded from", ""))
             rows += [(f"  {name}", str(location)) for name, location in where]
-        width = max(len(label) for label, _ in rows)
-        return "\n".join(f"{label:<{width}} {value}".rstrip() for label, value in rows)
+        return rows
+
+
+def format_rows(rows: Sequence[tuple[str, str]]) -> str:
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:<{width}} {value}".rstrip() for label, value in rows)
 
 
 def _probe(requirement: Requirement) -> Package:
