@@ -116,8 +116,10 @@ class PipProgress:
             r"(?:Collecting|Processing|Requirement already satisfied:) (\S+)", text
         ):
             self.collected += 1
+            what = match.group(1)
+            what = Path(what).name if what.endswith(".whl") else what
             return self._rise(0.02 + 0.28 * (1 - 1 / (1 + self.collected / 4)),
-                              f"resolving {match.group(1)}")  # fmt: skip
+                              f"resolving {what}")  # fmt: skip
         if match := re.match(r"Downloading (\S+)(?: \(([^)]+)\))?", text):
             self.downloaded += 1
             size = f" ({match.group(2)})" if match.group(2) else ""

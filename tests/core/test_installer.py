@@ -188,6 +188,7 @@ def test_progress_follows_pip_phases():
         "Collecting safetensors>=0.4",
         "  Downloading safetensors-0.8.0-cp38-abi3-manylinux_2_17_x86_64.whl (485 kB)",
         "Requirement already satisfied: numpy>=1.24 in /usr/lib/python3/dist-packages",
+        "Processing /media/usb/wheels/tqdm-4.70.1-py3-none-any.whl",
         "Installing collected packages: safetensors, torch",
         "Successfully installed safetensors-0.8.0 torch-2.13.0+cu128",
     ]
@@ -198,6 +199,7 @@ def test_progress_follows_pip_phases():
     assert steps[1][1] == (
         "downloading torch-2.13.0%2Bcu128-cp311-cp311-manylinux_2_28_x86_64.whl (2519.6 MB)"
     )
+    assert steps[-3][1] == "resolving tqdm-4.70.1-py3-none-any.whl"
     assert steps[-2] == (0.85, "installing 2 packages")
     assert steps[-1] == (0.95, "installed")
 
