@@ -35,13 +35,20 @@ class DependencyUi:
         self.diagnostics: DiagnosticsDialog | None = None
 
     def offer_if_missing(self) -> bool:
-        """At load: if a package the installer can install is missing, say so in the message
-        bar with an "Install dependencies…" button (``find_spec`` only: nothing imported)."""
-        absent = [r for r in deps_check.missing() if r.source == PIP]
+        """At load: if a package is missing, say so in the message bar, with an "Install
+        dependencies…" button when the installer can install it (``find_spec`` only: nothing
+        is imported, so this costs milliseconds)."""
+        absent = deps_check.missing()
         if not absent:
             return False
         LOG.warning("%s", deps_check.missing_message(absent))
-        self.notice = offer_install(self.iface.messageBar(), absent, self.show_installer)
+        pip_absent = [r for r in absent if r.source == PIP]
+        if pip_absent:
+            self.notice = offer_install(self.iface.messageBar(), absent, self.show_installer)
+        else:  # only what comes with QGIS's distribution: no button, say where to get it
+            self.iface.messageBar().pushMessage(
+                PLUGIN_TITLE, deps_check.missing_message(absent), Qgis.Warning, 0
+            )
         return True
 
     @staticmethod

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException
+from qgis.core import Qgis, QgsApplication, QgsProcessingException
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 
 import parcel_crop_classifier
@@ -239,3 +239,20 @@ def test_missing_packages_are_offered_in_the_message_bar(qgis_iface, monkeypatch
     finally:
         plugin.unload()
     assert notices(bar) == []
+
+
+def test_a_missing_system_package_is_explained_without_an_install_button(qgis_iface, monkeypatch):
+    absent = Requirement("rasterio_x", "rasterio_x", "rasterio_x_for_this_test", "testing",
+                         deps.SYSTEM, "comes with QGIS: apt install python3-x")  # fmt: skip
+    monkeypatch.setattr(deps_check, "ALL_REQUIREMENTS", (*deps.ALL_REQUIREMENTS, absent))
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    plugin = parcel_crop_classifier.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        assert notices(bar) == []
+        (warning,) = bar.get_messages(Qgis.Warning)
+        assert "rasterio_x (testing)" in warning
+        assert "apt install python3-x" in warning
+    finally:
+        plugin.unload()
