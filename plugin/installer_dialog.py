@@ -385,8 +385,12 @@ class InstallDialog(QDialog):
             return
         if result.ok:
             self.progress.setValue(100)
-            text = tr("{} The classifier can be used now; if an algorithm still reports a "
-                      "missing package, restart QGIS.").format(result.message)  # fmt: skip
+            if "torch" in sys.modules:  # a module is loaded once per process
+                text = tr("{} PyTorch was already loaded in this QGIS session: restart QGIS to "
+                          "use the new installation.").format(result.message)  # fmt: skip
+            else:
+                text = tr("{} The classifier can be used now; if an algorithm still reports a "
+                          "missing package, restart QGIS.").format(result.message)  # fmt: skip
         else:
             text = result.message
         self.status.setText(text)
