@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
+from .device import DEVICE_HELP
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -22,12 +23,12 @@ Command = Callable[[argparse.Namespace], int]
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect
 
-    report = collect()
+    report = collect(args.device)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.to_text())
-    return 1 if report.missing else 0
+    return 1 if report.missing or report.default_device == "none" else 0
 
 
 def _models_table(n_classes: int) -> list[dict[str, object]]:
@@ -233,7 +234,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    "drop them, with a warning)")  # fmt: skip
     p.add_argument("--unknown-codes", choices=("error", "exclude", "other"), default="error",
                    help="label codes outside the store's classes or --class-map")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--workdir", help="checkpoint folder; rerunning the same command resumes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -424,6 +425,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     p = sub.add_parser("doctor", help="report versions, missing packages and the device in use")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="auto", help=f"the device option to explain: {DEVICE_HELP}")
     commands["doctor"] = cmd_doctor
 
     p = sub.add_parser("models", help="print the architectures and Table 1 from the registry")
@@ -484,7 +486,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--store", required=True, help="labelled parcel store")
     p.add_argument("--model", required=True, help="model file (.json, .safetensors or stem)")
     p.add_argument("--out", help="folder for metrics.json, report.md and confusion.png")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

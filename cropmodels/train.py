@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -54,7 +55,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ import numpy as np
 
 from . import __version__, distributed
 from .architectures import FEATURES, PATCHES, get_spec
+from .device import OomBackoff, check_device_works, choose_device, run_with_cpu_fallback
 from .distributed import DistInfo, gather_rows, share
 from .evaluate import CVResult, fold_metrics, json_safe
 from .modelcard import CropClass
@@ -509,18 +511,19 @@ def blocks_from_parcels(
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when torch sees one, else the CPU."""
-    import torch
+    """The torch device for ``auto``/``cpu``/``cuda``/``cuda:N`` (see :mod:`.device`, which
+    also says why; ValueError when a GPU is asked for that torch cannot use)."""
+    choice = choose_device(device)
+    LOG.info("device %s: %s", choice.device, choice.reason)
+    return choice.device
 
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} asked for but torch {torch.__version__} sees no CUDA GPU; "
-            "use --device cpu (or auto)"
-        )
-    return dev
+
+def _working_device(device: str) -> torch.device:
+    """:func:`resolve_device`, then a test computation: a GPU that cannot run this build's
+    kernels falls back to the CPU with a warning instead of failing the first batch."""
+    choice = check_device_works(choose_device(device))
+    LOG.info("device %s: %s", choice.device, choice.reason)
+    return choice.device
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -772,9 +775,31 @@ def _eval_permutations(ctx: _Context, rows: np.ndarray) -> np.ndarray | None:
     ])  # fmt: skip
 
 
+def _proba_slice(
+    ctx: _Context,
+    model: nn.Module,
+    norm: Normaliser,
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    start: int,
+    stop: int,
+) -> np.ndarray:
+    """Probabilities of items ``start:stop`` of one batch ``(rows, x, mask, perm)``."""
+    import torch
+
+    part = slice(start, stop)
+    rows, x, mask, perm = (None if a is None else a[part] for a in batch)
+    xt, mt, doy = _to_device(ctx, rows, x, mask, norm, perm)
+    use_amp = _amp(ctx.device, ctx.config)
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
+        logits = _forward(model, xt, mt, doy)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
 def _predict(ctx: _Context, model: nn.Module, norm: Normaliser, rows: np.ndarray) -> np.ndarray:
     """Class probabilities (len(rows), K) in the order of ``rows`` (distributed: each process
-    predicts its share, and all get the whole)."""
+    predicts its share, and all get the whole).
+
+    Out of device memory, the batch is halved (and stays halved for the rest of the call)."""
     import torch
 
     if ctx.dist is not None:
@@ -783,15 +808,12 @@ def _predict(ctx: _Context, model: nn.Module, norm: Normaliser, rows: np.ndarray
     model.eval()
     out = np.zeros((len(rows), ctx.n_classes), np.float32)
     position = {int(r): i for i, r in enumerate(rows)}
-    use_amp = _amp(ctx.device, ctx.config)
+    backoff = OomBackoff(ctx.config.eval_batch_size)
     with torch.no_grad():
         for b_rows, x, mask in ctx.data.batches(rows, ctx.config.eval_batch_size):
-            perm = _eval_permutations(ctx, b_rows)
-            xt, mt, doy = _to_device(ctx, b_rows, x, mask, norm, perm)
-            with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                logits = _forward(model, xt, mt, doy)
-            proba = torch.softmax(logits.float(), dim=1).cpu().numpy()
-            out[[position[int(r)] for r in b_rows]] = proba
+            batch = (b_rows, x, mask, _eval_permutations(ctx, b_rows))
+            step = functools.partial(_proba_slice, ctx, model, norm, batch)
+            out[[position[int(r)] for r in b_rows]] = np.concatenate(backoff.map(step, len(b_rows)))
             check_cancelled(ctx.is_cancelled)
     return out
 
@@ -823,6 +845,59 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         return None
     return ckpt
+
+
+def _micro_slices(n: int, size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of at most ``size`` items over ``range(n)``, never a last slice of one
+    item (BatchNorm cannot train on one sample): it joins the slice before."""
+    bounds = [(a, min(n, a + size)) for a in range(0, n, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _micro_batch_note(message: str) -> None:
+    LOG.info(
+        "%s: training continues with micro-batches whose gradients are summed over the whole "
+        "batch (same batch size for the optimiser; BatchNorm statistics per micro-batch)",
+        message,
+    )
+
+
+def _accumulate_gradients(
+    ctx: _Context,
+    model: nn.Module,
+    norm: Normaliser,
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    label_of: Mapping[int, int],
+    loss_fn: nn.Module,
+    scaler: torch.amp.GradScaler,
+    optimizer: torch.optim.Optimizer,
+    micro: int,
+    *,
+    scale: float = 1.0,
+) -> float:
+    """Gradients of the mean loss of one training batch ``(rows, x, mask, perm)``, computed
+    in micro-batches of at most ``micro`` items (one pass when the batch fits, bit-identical
+    to a plain step), times ``scale``; returns the batch's mean loss."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    n = len(batch[0])
+    use_amp = _amp(ctx.device, ctx.config)
+    mean_loss = 0.0
+    for start, stop in _micro_slices(n, micro):
+        part = slice(start, stop)
+        rows, x, mask, perm = (None if a is None else a[part] for a in batch)
+        xt, mt, doy = _to_device(ctx, rows, x, mask, norm, perm)
+        target = torch.as_tensor([label_of[int(r)] for r in rows], device=ctx.device)
+        with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
+            logits = _forward(model, xt, mt, doy)
+        loss = loss_fn(logits.float(), target)
+        weight = (stop - start) / n * scale
+        scaler.scale(loss if weight == 1 else loss * weight).backward()
+        mean_loss += float(loss.detach()) * (stop - start) / n
+    return mean_loss
 
 
 @dataclass
@@ -872,11 +947,14 @@ def train_one(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_amp = _amp(ctx.device, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    # Summed and divided by the whole batch: with the batch split across processes, DDP's mean
-    # of their gradients (x world) is the gradient of the whole batch's mean loss.
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    # Distributed, each process's gradients are scaled by its share of the batch (x world), so
+    # that DDP's mean of them is the gradient of the whole batch's mean loss.
+    loss_fn = nn.CrossEntropyLoss()
     label_of = dict(zip(train_rows.tolist(), y_train.tolist(), strict=True))
     n_batches = math.ceil(len(train_rows) / cfg.batch_size)
+    # Out of device memory, a batch is split into micro-batches whose gradients add up to the
+    # batch's (BatchNorm then normalises over the micro-batches); 2 is BatchNorm's minimum.
+    backoff = OomBackoff(cfg.batch_size, min_batch_size=2, notify=_micro_batch_note)
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -math.inf, -1, None
     start_epoch = 0
@@ -915,16 +993,14 @@ def train_one(
                 b_rows, x = b_rows[part], x[part]
                 mask = None if mask is None else mask[part]
                 perm = None if perm is None else perm[part]
-            xt, mt, doy = _to_device(ctx, b_rows, x, mask, norm, perm)
-            target = torch.as_tensor([label_of[int(r)] for r in b_rows], device=ctx.device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                logits = _forward(net, xt, mt, doy)
-            loss = loss_fn(logits.float(), target) * (world / n_batch)
-            scaler.scale(loss).backward()
+            step = functools.partial(
+                _accumulate_gradients, ctx, net, norm, (b_rows, x, mask, perm), label_of,
+                loss_fn, scaler, optimizer, scale=len(b_rows) * world / n_batch,
+            )  # fmt: skip
+            batch_loss = backoff.run(step)
             scaler.step(optimizer)
             scaler.update()
-            total_loss += float(loss.detach()) * n_batch / world  # this process's rows
+            total_loss += batch_loss * len(b_rows)  # this process's rows
             seen += len(b_rows)
             ctx.progress.step(1, f"{label} epoch {epoch + 1}/{cfg.epochs}")
             check_cancelled(ctx.is_cancelled)
@@ -1073,7 +1149,7 @@ def _make_context(
         store=store,
         data=data,
         config=config,
-        device=distributed.device_for(dist, resolve_device(config.device)),
+        device=distributed.device_for(dist, _working_device(config.device)),
         n_classes=len(experiment.plan.classes),
         per_date=per_date,
         doy=np.asarray(store.season_days, dtype=np.int64),
@@ -1362,9 +1438,14 @@ def predict_proba(
     cache_mb: float = 512.0,
     progress: ProgressFn = no_progress,
     is_cancelled: CancelFn = never_cancelled,
+    notify: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities (len(rows), K) of a loaded model on store rows, normalised with the
-    card's training statistics."""
+    card's training statistics.
+
+    Out of GPU memory the batch is halved; a CUDA failure runs the rows again on the CPU (the
+    model is left on the CPU then); both are logged and passed to ``notify``.
+    """
     import torch
 
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -1373,14 +1454,18 @@ def predict_proba(
     config = TrainConfig(model=card.architecture, eval_batch_size=batch_size, amp=True)
     data = RowData(store, rows, card.input_kind, cache_mb=cache_mb)
     tracker = _Progress(progress, 1)
-    ctx = _Context(
-        store=store, data=data, config=config, device=dev, n_classes=len(card.classes),
-        per_date=norm.n_rows > 1, doy=np.asarray(store.season_days, dtype=np.int64),
-        progress=tracker, is_cancelled=is_cancelled, workdir=None,
-    )  # fmt: skip
-    model = model.to(dev)
-    with torch.no_grad():
-        return _predict(ctx, model, norm, np.asarray(rows, dtype=np.int64))
+    rows = np.asarray(rows, dtype=np.int64)
+
+    def run(on: torch.device) -> np.ndarray:
+        ctx = _Context(
+            store=store, data=data, config=config, device=on, n_classes=len(card.classes),
+            per_date=norm.n_rows > 1, doy=np.asarray(store.season_days, dtype=np.int64),
+            progress=tracker, is_cancelled=is_cancelled, workdir=None,
+        )  # fmt: skip
+        with torch.no_grad():
+            return _predict(ctx, model.to(on), norm, rows)
+
+    return run_with_cpu_fallback(run, dev, notify=notify)[0]
 
 
 __all__ = [

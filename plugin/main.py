@@ -15,9 +15,9 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
-from . import qgis_logging
+from . import deps_check, qgis_logging
 from .paths import PLUGIN_TITLE, icon_path
-from .provider import PROVIDER_ID, CropClassifierProvider
+from .provider import CropClassifierProvider
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class CropClassifierPlugin:
         self.actions: list[QAction] = []
         self.toolbar: QToolBar | None = None
         self._log_handler = qgis_logging.install()
+        # Packages the installer put in the profile's dependencies folder; before anything
+        # checks for torch, and also under qgis_process (no initGui there).
+        deps_check.activate()
+        self.dependencies = None  # DependencyUi, with the GUI
 
     # -- Processing -------------------------------------------------------------------------
 
@@ -56,6 +60,10 @@ class CropClassifierPlugin:
             self.show_diagnostics,
             tip=tr("Show the versions, missing packages and the device (GPU/CPU) in use"),
         )
+        from .dependency_ui import DependencyUi
+
+        self.dependencies = DependencyUi(self.iface)
+        self.dependencies.offer_if_missing()
         LOG.info("Parcel Crop Classifier loaded")
 
     def add_action(
@@ -81,13 +89,17 @@ class CropClassifierPlugin:
         return action
 
     def show_diagnostics(self) -> None:
-        import processing  # QGIS's Processing plugin; imported when used, not at load
-
-        processing.execAlgorithmDialog(f"{PROVIDER_ID}:diagnostics", {})
+        """The Diagnostics dialog: versions, CUDA or why not, the device a run would use, and
+        "Install dependencies…" (cropclassifier:diagnostics gives the same in Processing)."""
+        if self.dependencies is not None:
+            self.dependencies.show_diagnostics()
 
     # -- Teardown ---------------------------------------------------------------------------
 
     def unload(self) -> None:
+        if self.dependencies is not None:
+            self.dependencies.unload()
+            self.dependencies = None
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             if self.toolbar is not None:

@@ -41,3 +41,36 @@ sys.meta_path.insert(0, _Blocker({names!r}))
 
 def blocking(*names: str) -> str:
     return BLOCK_IMPORTS.format(names=list(names))
+
+
+def build_wheel(
+    folder: Path, name: str, version: str = "0.1", requires: tuple[str, ...] = (),
+    code: str = "VALUE = 42\n",
+) -> Path:  # fmt: skip
+    """A small real pure-Python wheel (METADATA, WHEEL, RECORD with hashes), written by hand so
+    that building it needs neither the network nor a build backend."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    files = {
+        f"{name}/__init__.py": code.encode(),
+        f"{dist}/METADATA": metadata.encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel

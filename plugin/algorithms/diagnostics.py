@@ -24,6 +24,7 @@ from qgis.core import (
 
 from ...cropmodels import doctor
 from ...cropmodels.files import publish_mode
+from ..deps_check import INSTALL_HOW
 from .base import CropAlgorithm
 
 
@@ -75,15 +76,15 @@ class DiagnosticsAlgorithm(CropAlgorithm):
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         report = doctor.collect()
-        text = f"QGIS        {Qgis.QGIS_VERSION}\n{report.to_text()}"
+        text = report.to_text([("QGIS", Qgis.QGIS_VERSION)])
         for line in text.splitlines():
             feedback.pushInfo(line)
         if report.missing:
             feedback.reportError(
                 self.tr(
-                    "Missing Python packages: {}. Install them into the Python that QGIS uses "
-                    "(see the plugin's README), then restart QGIS."
-                ).format(", ".join(report.missing))
+                    "Missing Python packages: {}. {}, or see 'Installing torch inside QGIS' "
+                    "in the plugin's README."
+                ).format(", ".join(report.missing), INSTALL_HOW)
             )
         results: dict[str, Any] = {
             self.REPORT: text,

@@ -57,6 +57,41 @@ def test_doctor_cli_reports_versions_as_json():
         assert report["default_device"] == "cpu"
 
 
+def test_doctor_text_answers_the_usual_questions():
+    """Versions of the stack, CUDA or why not, the GPU the driver sees, the torch build to
+    install, and which device a run would use and why."""
+    result = run_python("from cropmodels.__main__ import main; raise SystemExit(main(['doctor']))")
+    assert result.returncode == 0, result.stderr
+    labels = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert {"Python", "numpy", "torch", "safetensors", "GDAL", "PROJ", "CUDA", "GPU",
+            "Recommended", "Device"} <= labels  # fmt: skip
+    device = next(line for line in result.stdout.splitlines() if line.startswith("Device"))
+    assert "a run with device 'auto' uses " in device
+    assert ": " in device.split("uses ", 1)[1]  # and why
+    report = json.loads(
+        run_python(
+            "from cropmodels.__main__ import main; raise SystemExit(main(['doctor', '--json']))"
+        ).stdout
+    )
+    assert report["default_device_reason"]
+    assert report["torch_build"].startswith("2.13")
+    assert report["recommended_build"] in {"CPU", "CUDA 12.6", "CUDA 12.8", "CUDA 13.0"}
+    assert report["nvidia_smi"]
+    torch_pkg = next(p for p in report["packages"] if p["name"] == "torch")
+    assert torch_pkg["location"].endswith(("site-packages", "dist-packages"))
+
+
+def test_doctor_explains_a_device_that_cannot_be_used():
+    result = run_python(
+        "from cropmodels.__main__ import main; raise SystemExit(main(['doctor', '--device', "
+        "'cuda:7']))"
+    )
+    device = next(line for line in result.stdout.splitlines() if line.startswith("Device"))
+    if "uses cuda" not in device:
+        assert result.returncode == 1
+        assert "a run with device 'cuda:7' uses none: device 'cuda:7' asked for" in device
+
+
 def test_doctor_names_a_missing_package_and_fails():
     code = blocking("safetensors") + (
         "from cropmodels.__main__ import main\nraise SystemExit(main(['doctor']))\n"

@@ -595,3 +595,45 @@ def test_cuda_training_with_mixed_precision(small, tmp_path):
     train_model(small, TrainConfig(model="gru", epochs=1, amp=True), model_path, cv=False)
     model, _ = load_model(f"{model_path}.json", device="cuda")
     assert next(model.parameters()).is_cuda
+
+
+def test_micro_slices_never_leave_one_item_alone():
+    from cropmodels.train import _micro_slices
+
+    assert _micro_slices(32, 32) == [(0, 32)]
+    assert _micro_slices(32, 16) == [(0, 16), (16, 32)]
+    assert _micro_slices(31, 10) == [(0, 10), (10, 20), (20, 31)]  # not (30, 31)
+    assert _micro_slices(5, 2) == [(0, 2), (2, 5)]
+
+
+@pytest.mark.parametrize("model", ["cnn_gru9", "gru"])
+def test_out_of_memory_micro_batches_give_the_whole_batch_gradient(small, model):
+    """After a CUDA out-of-memory error a training batch is split into micro-batches; their
+    gradients must add up to the whole batch's (BatchNorm in eval mode here, so the
+    statistics are the same for both and the comparison is exact up to float rounding)."""
+    import torch
+    from torch import nn
+
+    from cropmodels.architectures import get_model
+    from cropmodels.train import _accumulate_gradients, _make_context, _Progress
+
+    config = TrainConfig(model=model, epochs=1, folds=[0], device="cpu")
+    experiment = Experiment.prepare(small, config)
+    ctx = _make_context(experiment, config, _Progress(lambda f, m: None, 1), lambda: False, None)
+    rows = experiment.plan.rows[:13]
+    label_of = dict(zip(rows.tolist(), experiment.plan.y[:13].tolist(), strict=True))
+    norm = ctx.data.fit_normaliser(rows, ctx.per_date)
+    ((b_rows, x, mask),) = list(ctx.data.batches(rows, len(rows)))
+    torch.manual_seed(0)
+    net = get_model(model, n_classes=ctx.n_classes, n_bands=10).eval()
+    optimizer = torch.optim.Adam(net.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    grads, losses = [], []
+    for micro in (32, 4):
+        loss = _accumulate_gradients(ctx, net, norm, (b_rows, x, mask, None), label_of,
+                                     nn.CrossEntropyLoss(), scaler, optimizer, micro)  # fmt: skip
+        losses.append(loss)
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for whole, split in zip(*grads, strict=True):
+        torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-6)
