@@ -7,7 +7,13 @@ A stack is what the analyst points the plugin at. Accepted forms:
   all ten bands, or one file per date and band (20 m bands are resampled to the 10 m grid);
 * one multi-band raster (GeoTIFF or VRT) whose band descriptions carry date and band,
   e.g. ``20190305_B02`` ... ``20190305_SCL``;
-* a JSON descriptor listing files, dates and, optionally, cloud masks, scale and offset.
+* a JSON descriptor listing files, dates and, optionally, cloud masks, scale and offset;
+* Sentinel-2 L2A products as downloaded (.SAFE folders, their .zip, a folder of them) and STAC
+  items (an ItemCollection or item JSON files), read in place: see :mod:`.scenes`. A day with
+  several acquisitions (tiles, orbits) is one date whose ``parts`` are mosaicked when read.
+
+Any of them can be limited to an extent (``bounds``: only those windows are ever read) and to
+a date range (``start``, ``end``): see :func:`open_stack`.
 
 Cloud masks are Sen2Cor scene classifications (SCL): a band called SCL, a file whose name holds
 ``SCL`` next to the images, or one in a sibling folder (``../scl``). Classes 3 (cloud shadow),

@@ -244,3 +244,42 @@ def test_a_zip_that_is_not_a_product_is_not_taken_for_one(tmp_path: Path):
         zf.writestr("readme.txt", "hello")
     with pytest.raises(StackError, match="No raster files"):
         open_stack(tmp_path)
+
+
+def test_a_tile_in_another_utm_zone_is_warped_onto_the_common_grid(tmp_path: Path):
+    """The right part comes as a tile in EPSG:32632 (as across a zone boundary): read on the
+    EPSG:32631 grid by bilinear warping, its no-data corners never mixed into the values."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    date = DATES[2]
+    values, scl, profile = read_date(date)
+    t = profile["transform"]
+    left = crop(values, scl, t, slice(0, 40), slice(0, 64))
+    part_values, part_scl, part_t = crop(values, scl, t, slice(24, 64), slice(0, 64))
+    dst_crs = rasterio.crs.CRS.from_epsg(32632)
+    bounds = rasterio.transform.array_bounds(64, 40, part_t)
+    tr, w, h = calculate_default_transform(profile["crs"], dst_crs, 40, 64, *bounds, resolution=10)
+    tr = Affine(10, 0, tr.c // 20 * 20, 0, -10, -(-tr.f // 20) * 20)  # on a 20 m lattice
+    w, h = w + w % 2 + 2, h + h % 2 + 2
+    warped = np.zeros((10, h, w), values.dtype)
+    warped_scl = np.zeros((h, w), scl.dtype)
+    for src, dst in ((part_values, warped), (part_scl, warped_scl)):
+        reproject(src, dst, src_transform=part_t, src_crs=profile["crs"], dst_transform=tr,
+                  dst_crs=dst_crs, resampling=Resampling.nearest, src_nodata=0,
+                  dst_nodata=0)  # fmt: skip
+    folder = tmp_path / "zones"
+    make_product(folder, left[0], left[1], profile["crs"], left[2], date=date)
+    make_product(folder, warped, warped_scl, dst_crs, tr, date=date, tile="32ULB", zipped=True)
+    stack = open_stack(folder, bounds=rasterio.transform.array_bounds(64, 64, t),
+                       bounds_crs=profile["crs"])  # fmt: skip
+    assert stack.grid.crs.to_epsg() == 32631
+    assert stack.grid.same_as(open_stack(copy_dates([date], tmp_path / "ref")).grid)
+    assert any("EPSG:32632" in n and "warped" in n for n in stack.notes)
+    got, clear, _ = canonical(stack, 0)
+    np.testing.assert_array_equal(got[:, :, :40], values[:, :, :40])  # the 32631 tile as is
+    inner = (slice(None), slice(4, -4), slice(44, -4))  # the 32632 tile, away from its edges
+    rel = np.abs(got[inner] - values[inner]) / values[inner]
+    assert np.median(rel) < 0.05
+    assert (got[inner] > 0).all()
+    assert clear[4:-4, 44:-4].mean() > 0.95
