@@ -92,10 +92,20 @@ def is_product(path: Path) -> bool:
 
 
 def products_in(folder: Path) -> list[Path]:
-    """The products directly inside ``folder`` (.SAFE folders and product zips), sorted."""
+    """The products inside ``folder`` (.SAFE folders and product zips), sorted; also .SAFE
+    folders one level down in folders named like a product (``S2B_MSIL2A_.../X.SAFE``, as some
+    unzip tools leave a download)."""
     if not folder.is_dir() or is_product(folder):
         return []
-    return sorted(p for p in folder.iterdir() if is_product(p))
+    found = []
+    for path in sorted(folder.iterdir()):
+        if is_product(path):
+            found.append(path)
+        elif path.is_dir() and path.name.upper().startswith("S2"):
+            found += sorted(
+                p for p in path.iterdir() if p.is_dir() and p.name.upper().endswith(".SAFE")
+            )
+    return found
 
 
 def _zip_holds_product(path: Path) -> bool:

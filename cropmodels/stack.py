@@ -59,6 +59,7 @@ PAPER_BANDS: tuple[str, ...] = (
 )
 CLOUD_CLASSES: tuple[int, ...] = (3, 8, 9, 10)
 NOT_OBSERVED_CLASSES: tuple[int, ...] = (0, 1)
+UNCLASSIFIED = 7  # the SCL class of an observed pixel that no mask classifies
 CANONICAL_SCALE = 1e-4
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 MASK_FOLDER_NAMES = ("scl", "SCL", "masks", "mask", "clouds", "cloud")
@@ -322,15 +323,15 @@ class StackReader:
         """One observation per pixel from the parts, best first: the first part where the
         pixel is clear; where none is, the first that observed it (cloudy). Values of parts
         with another offset are shifted to the entry's (the lowest), so one offset holds."""
-        values, clear, observed, mask = self._read_part(entry, entry.parts[0], window, want_mask)
+        # A part without a mask, beside parts with SCL, says "unclassified" where it observed.
+        masked = want_mask and any(p.cloud is not None for p in entry.parts)
+        values, clear, observed, mask = self._read_part(entry, entry.parts[0], window, masked)
         for part in entry.parts[1:]:
-            v, c, o, m = self._read_part(entry, part, window, want_mask)
+            v, c, o, m = self._read_part(entry, part, window, masked)
             take = (c & ~clear) | (o & ~observed)
             if take.any():
                 values[:, take] = v[:, take]
-                if want_mask and m is not None:
-                    if mask is None:
-                        mask = np.zeros_like(m)
+                if masked:
                     mask[take] = m[take]
                 clear |= c
                 observed |= o
@@ -348,6 +349,8 @@ class StackReader:
         values, clear, observed, mask = self._read_one(part, window, None, None, want_mask, True)
         if part.offset != entry.offset:
             values = _shifted(values, part.offset - entry.offset, observed)
+        if want_mask and mask is None:
+            mask = np.where(observed, UNCLASSIFIED, 0).astype(np.uint8)
         return values, clear, observed, mask
 
     def _read_bands(self, entry: DateEntry, window: Any, out: np.ndarray | None) -> np.ndarray:

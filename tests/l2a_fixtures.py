@@ -284,7 +284,7 @@ def _mtd_tl(tile, start, crs, transform, shape, cloud_pct) -> str:
 
 
 def write_cog(path: Path, data: np.ndarray, crs, transform: Affine, nodata=0) -> Path:
-    """A Cloud-Optimised GeoTIFF (GDAL's COG driver, 32 x 32 blocks, overviews)."""
+    """A Cloud-Optimised GeoTIFF (GDAL's COG driver)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.tif")
     height, width = data.shape
@@ -292,7 +292,7 @@ def write_cog(path: Path, data: np.ndarray, crs, transform: Affine, nodata=0) ->
                "dtype": data.dtype.name, "crs": crs, "transform": transform}  # fmt: skip
     with rasterio.open(tmp, "w", **profile) as ds:
         ds.write(data, 1)
-    rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=32, OVERVIEWS="AUTO")
+    rasterio.shutil.copy(tmp, path, driver="COG")
     tmp.unlink()
     return path
 

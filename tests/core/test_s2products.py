@@ -283,3 +283,41 @@ def test_a_tile_in_another_utm_zone_is_warped_onto_the_common_grid(tmp_path: Pat
     assert np.median(rel) < 0.05
     assert (got[inner] > 0).all()
     assert clear[4:-4, 44:-4].mean() > 0.95
+
+
+def test_products_unzipped_into_a_wrapper_folder_are_found(tmp_path: Path):
+    """Some unzip tools leave downloads/S2B_MSIL2A_.../S2B_MSIL2A_....SAFE."""
+    inner = product_from_sample(tmp_path / "tmp", DATES[0])
+    wrapper = tmp_path / "downloads" / inner.name.removesuffix(".SAFE")
+    wrapper.mkdir(parents=True)
+    inner.rename(wrapper / inner.name)
+    product_from_sample(tmp_path / "downloads", DATES[1], zipped=True)
+    assert [d.date.isoformat() for d in open_stack(tmp_path / "downloads").dates] == [
+        "2018-04-19", "2018-04-26",
+    ]  # fmt: skip
+
+
+def test_a_product_and_a_stac_item_without_scl_on_one_day(tmp_path: Path):
+    """Mixed sources in one list; the day's SCL says 'unclassified' (7) where the pixel comes
+    from the item, which has no scene classification."""
+    from l2a_fixtures import item_collection, stac_item
+
+    date = DATES[2]
+    values, scl, profile = read_date(date)
+    cloudy = scl.copy()
+    cloudy[:, :20] = 9  # the product is cloudy on the left: the item's clear pixels win there
+    product = make_product(tmp_path / "p", values, cloudy, profile["crs"], profile["transform"],
+                           date=date)  # fmt: skip
+    item = stac_item(tmp_path / "s", date)
+    item["assets"].pop("scl")
+    item["properties"]["eo:cloud_cover"] = 80.0  # ranked after the product
+    collection = item_collection(tmp_path / "s" / "items.json", [item])
+    stack = open_stack([product, collection])
+    (entry,) = stack.dates
+    assert [".SAFE" in p.bands[0].path for p in entry.parts] == [True, False]
+    got, clear, mask = canonical(stack, 0)
+    np.testing.assert_array_equal(got, values.astype(np.float32))
+    assert clear.all()  # the item has no mask: every pixel it observed counts as clear
+    product_clear = ~np.isin(cloudy, [0, 1, 3, 8, 9, 10])
+    np.testing.assert_array_equal(mask, np.where(product_clear, cloudy, 7))
+    assert (mask[:, :20] == 7).all()
