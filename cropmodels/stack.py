@@ -503,6 +503,8 @@ def open_stack(source: str | Path | Stack | Sequence[str | Path], **options: Any
 
 def as_date(value: str | dt.date | None) -> dt.date | None:
     """A date option given as ``YYYY-MM-DD`` text or a date (None stays None)."""
+    if isinstance(value, dt.datetime):
+        return value.date()
     if value is None or isinstance(value, dt.date):
         return value
     try:

@@ -205,6 +205,8 @@ def test_bounds_limit_the_grid_to_the_parcels(products: Path, reference):
 def test_date_range(products: Path):
     stack = open_stack(products, start="2018-04-20", end=dt.date(2018, 7, 23))
     assert [d.date for d in stack.dates] == [dt.date(2018, 4, 26), dt.date(2018, 7, 23)]
+    stack = open_stack(products, start=dt.datetime(2018, 4, 20, 12), end="2018-07-22T23:59")
+    assert [d.date for d in stack.dates] == [dt.date(2018, 4, 26)]
     with pytest.raises(StackError, match="lies between 2019-01-01"):
         open_stack(products, start="2019-01-01")
 
