@@ -200,6 +200,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_stack(args: argparse.Namespace) -> int:
+    from .buildstack import build_stack
+
+    if not args.parcels and not args.bounds:
+        raise ValueError("give --parcels (or --bounds) for the extent of the stack")
+    bar, progress = _tqdm_progress(args, "build-stack")
+    with bar:
+        result = build_stack(
+            args.source if len(args.source) > 1 else args.source[0], args.out,
+            parcels=args.parcels, bounds=tuple(args.bounds) if args.bounds else None,
+            bounds_crs=args.bounds_crs, start=args.start, end=args.end,
+            max_cloud=args.max_cloud, overwrite=args.overwrite, progress=progress,
+        )  # fmt: skip
+    print(
+        f"Wrote {result.folder}: {len(result.written)} dates, {result.width} x {result.height} "
+        f"px ({result.crs}); {len(result.skipped)} dates left out (see build_stack.json)"
+    )
+    return 0
+
+
 def _tqdm_progress(args: argparse.Namespace, desc: str):
     """A tqdm bar driven by the core's ``progress(fraction, message)`` callback."""
     from tqdm import tqdm
@@ -443,7 +463,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--parcels", required=True, help="parcel polygons (any OGR source)")
     p.add_argument("--layer", help="layer name inside the parcel source (GeoPackage)")
     p.add_argument("--stack", required=True, help="folder of per-date rasters, multi-band "
-                   "raster or JSON descriptor")  # fmt: skip
+                   "raster, JSON descriptor, L2A products or STAC items")  # fmt: skip
     p.add_argument("--out", required=True, help="store folder to create")
     p.add_argument("--label-field", help="field holding the integer crop code of each parcel")
     p.add_argument("--id-field", help="field holding the parcel id (default: its position)")
@@ -460,6 +480,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["extract"] = cmd_extract
+
+    p = sub.add_parser(
+        "build-stack",
+        help="turn Sentinel-2 L2A products or STAC items into a per-date stack over the parcels",
+        description="Reads Sentinel-2 L2A products (.SAFE folders or their .zip, as downloaded; "
+        "a folder of them) or STAC items (an ItemCollection JSON, item JSON files) over the "
+        "parcels' extent only, mosaics tiles and orbits of one day, removes the processing-"
+        "baseline offset, and writes OUT/S2_YYYYMMDD.tif (10 bands) and OUT/scl/ masks, the "
+        "layout --stack reads. Dates with no parcel pixel observed, or more cloud over the "
+        "parcels than --max-cloud, are left out.",
+    )
+    p.add_argument("source", nargs="+", help="products, folders of products, or STAC JSON")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--parcels", help="parcel polygons (any OGR source): extent and cloud cover")
+    p.add_argument("--bounds", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+                   help="extent instead of --parcels")  # fmt: skip
+    p.add_argument("--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326 (default: the tiles')")
+    p.add_argument("--start", help="first date kept, YYYY-MM-DD")
+    p.add_argument("--end", help="last date kept, YYYY-MM-DD")
+    p.add_argument("--max-cloud", type=float, default=1.0,
+                   help="largest share (0-1) of parcel pixels not clear on a date")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace a stack built before")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["build-stack"] = cmd_build_stack
 
     p = sub.add_parser(
         "train",

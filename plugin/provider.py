@@ -7,6 +7,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from .algorithms.build_stack import BuildStackAlgorithm
 from .algorithms.diagnostics import DiagnosticsAlgorithm
 from .paths import icon_path
 
@@ -32,3 +33,4 @@ class CropClassifierProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(DiagnosticsAlgorithm())
+        self.addAlgorithm(BuildStackAlgorithm())

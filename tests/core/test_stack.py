@@ -227,3 +227,21 @@ def test_named_bands_missing_one_are_listed(tmp_path: Path):
 
 def test_sample_has_118_dates():
     assert len(sample_dates()) == 118
+
+
+def test_bounds_and_date_range_limit_a_folder_stack(tmp_path: Path):
+    folder = copy_dates(THREE, tmp_path / "s")
+    # 501360 + 105 -> column 10 (snapped outward), 5629680 - 155 -> row 15
+    stack = open_stack(folder, bounds=(501465, 5629400, 501700, 5629525), start="2018-04-20")
+    assert [d.date.isoformat() for d in stack.dates] == ["2018-04-26", "2018-05-04"]
+    assert (stack.grid.transform.c, stack.grid.transform.f) == (501460, 5629530)
+    assert (stack.grid.width, stack.grid.height) == (24, 13)
+    values, scl, _ = read_date(THREE[1])
+    with stack.reader() as reader:
+        got, clear = reader.read(0, Window(0, 0, 24, 13))
+    np.testing.assert_array_equal(got, values[:, 15:28, 10:34])
+    np.testing.assert_array_equal(clear, ~np.isin(scl[15:28, 10:34], [0, 1, 3, 8, 9, 10]))
+    with pytest.raises(StackError, match="does not overlap"):
+        open_stack(folder, bounds=(0, 0, 10, 10))
+    with pytest.raises(StackError, match="YYYY-MM-DD"):
+        open_stack(folder, end="23/07/2018")
