@@ -87,6 +87,7 @@ MARGIN = "margin"
 N_CLEAR_DATES = "n_clear_dates"
 STATUS = "status"
 AGREES = "agrees"
+CHECK_RANK = "check_rank"  # 1 = the declaration to check first (see suspicion_order)
 PROBABILITY_PREFIX = "p_"
 
 MAX_BATCH_CPU = 64  # beyond this a CPU gains nothing and holds more patches
@@ -279,17 +280,24 @@ def align_dates(dates: Sequence[dt.date], grid: Sequence[int] | None) -> TimeAli
     grid_days = np.asarray(grid, dtype=np.float64)
     lo, hi = float(grid_days[0]), float(grid_days[-1])
 
-    def overlap(days: np.ndarray) -> int:
-        """Grid dates inside the stack's span plus stack dates inside the grid's."""
-        inside_stack = (grid_days >= days[0]) & (grid_days <= days[-1])
-        inside_grid = (days >= lo) & (days <= hi)
-        return int(inside_stack.sum() + inside_grid.sum())
+    def inside_grid(days: np.ndarray) -> int:
+        return int(((days >= lo) & (days <= hi)).sum())
 
+    def grid_inside(days: np.ndarray) -> int:
+        return int(((grid_days >= days[0]) & (grid_days <= days[-1])).sum())
+
+    # The stack's own year unless another puts more of its dates inside the grid's span (ties
+    # keep the earlier candidate); a stack wider than the grid is placed by the grid dates it
+    # spans instead.
+    offsets = (0, -1, 1, -2, 2)
     best_offset, best = 0, -1
-    for offset in (0, -1, 1, -2, 2):  # ties keep the earlier: the stack's own year first
-        score = overlap(season_days_from(dates, first_year + offset))
-        if score > best:
-            best_offset, best = offset, score
+    for measure in (inside_grid, grid_inside):
+        for offset in offsets:
+            score = measure(season_days_from(dates, first_year + offset))
+            if score > best:
+                best_offset, best = offset, score
+        if best > 0:
+            break
     year = first_year + best_offset
     days = season_days_from(dates, year)
     doy = grid_days.astype(np.int64)
@@ -374,7 +382,7 @@ def output_field_names(card: ModelCard, declared: bool = False) -> list[str]:
     names = [CROP_CODE, CROP_CLASS, CONFIDENCE, MARGIN, *probability_field_names(card)]
     names += [N_CLEAR_DATES, STATUS]
     if declared:
-        names.append(AGREES)
+        names += [AGREES, CHECK_RANK]
     return names
 
 
@@ -452,8 +460,20 @@ def suspicion_order(
     return np.array(sorted(range(len(agrees)), key=key), dtype=np.int64)
 
 
+def check_ranks(order: Sequence[int]) -> np.ndarray:
+    """``check_rank`` per position from :func:`suspicion_order`: 1 for the first to check.
+
+    A field, not only the order of the features: formats that key features by the input's
+    ``fid`` (a GeoPackage written from a GeoPackage) keep the input order, and users re-sort.
+    """
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[np.asarray(order, dtype=np.int64)] = np.arange(1, len(order) + 1)
+    return ranks
+
+
 def prediction_values(prediction: ParcelPrediction, card: ModelCard) -> list[Any]:
-    """Values of :func:`output_field_names` (without ``agrees``) for one parcel; None = NULL."""
+    """Values of :func:`output_field_names` (without the declaration check) for one parcel;
+    None = NULL."""
     k = len(card.classes)
     if not prediction.classified:
         return [None] * (4 + k) + [prediction.n_clear_dates, prediction.status]
@@ -471,8 +491,8 @@ def prediction_values(prediction: ParcelPrediction, card: ModelCard) -> list[Any
 
 
 def prediction_columns(predictions: Sequence[ParcelPrediction], card: ModelCard) -> dict[str, Any]:
-    """Typed columns (pandas arrays) of :func:`output_field_names` without ``agrees``; missing
-    values are NA, written as NULL."""
+    """Typed columns (pandas arrays) of :func:`output_field_names` without the declaration
+    check; missing values are NA, written as NULL."""
     import pandas as pd
 
     n, k = len(predictions), len(card.classes)
@@ -687,9 +707,7 @@ class Classifier:
         summary = summary if summary is not None else PredictSummary()
         stack = open_stack(stack)
         alignment = self.prepare(stack)
-        summary.notes.extend(alignment.notes)
-        for note in alignment.notes:
-            LOG.info("Time: %s.", note)
+        summary.notes.extend(alignment.notes)  # the caller shows them (CLI, Processing log)
         size = config.batch_size or auto_batch_size(
             self.card, len(stack), self.device, config.memory_mb
         )
@@ -844,7 +862,8 @@ def classify_to_file(
 
     The output (any OGR format by extension, e.g. ``.gpkg``) is written completely or not at
     all: to a temporary file beside it, renamed into place at the end. With ``declared_field``
-    an ``agrees`` field compares prediction and declaration, and the features are ordered
+    an ``agrees`` field compares prediction and declaration, ``check_rank`` numbers the
+    parcels in the order an inspector should check them, and the features are written in it
     suspicious first (:func:`suspicion_order`).
     """
     import tempfile
@@ -895,7 +914,9 @@ def classify_to_file(
         agrees = [agreement(p, d, card) for p, d in zip(predictions, declared, strict=True)]
         output[names[AGREES]] = pd.array(agrees, dtype="boolean")
         n_disagreeing = sum(a is False for a in agrees)
-        output = output.iloc[suspicion_order(agrees, [p.confidence for p in predictions])]
+        order = suspicion_order(agrees, [p.confidence for p in predictions])
+        output[names[CHECK_RANK]] = check_ranks(order)
+        output = output.iloc[order]
     output = output[[*columns, *(names[n] for n in wanted), gdf.geometry.name]]
 
     check_cancelled(is_cancelled)
@@ -926,6 +947,7 @@ def describe_counts(counts: Mapping[str, int]) -> str:
 
 __all__ = [
     "AGREES",
+    "CHECK_RANK",
     "CLASSIFIED",
     "CONFIDENCE",
     "CROP_CLASS",
@@ -946,6 +968,7 @@ __all__ = [
     "auto_batch_size",
     "bundled_models",
     "check_card",
+    "check_ranks",
     "classify",
     "classify_to_file",
     "declared_class_index",

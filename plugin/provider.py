@@ -7,6 +7,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from .algorithms.classify import ClassifyParcelsAlgorithm
 from .algorithms.diagnostics import DiagnosticsAlgorithm
 from .paths import icon_path
 
@@ -31,4 +32,5 @@ class CropClassifierProvider(QgsProcessingProvider):
         return icon_path()
 
     def loadAlgorithms(self) -> None:
+        self.addAlgorithm(ClassifyParcelsAlgorithm())
         self.addAlgorithm(DiagnosticsAlgorithm())

@@ -25,6 +25,7 @@ from cropmodels.predict import (
     auto_batch_size,
     bundled_models,
     check_card,
+    check_ranks,
     classify,
     classify_to_file,
     declared_class_index,
@@ -186,6 +187,14 @@ def test_a_later_season_is_aligned_to_the_grid_by_whole_years():
     assert same.origin_year == 2017
 
 
+def test_a_stack_in_the_grids_first_year_stays_there():
+    """Two August dates fit the grid in their own year and a year later: the own year wins."""
+    grid = list(range(216, 697, 5))
+    alignment = align_dates([dt.date(2017, 8, 4), dt.date(2017, 8, 14)], grid)
+    assert alignment.origin_year == 2017
+    assert not any("as if the season started" in n for n in alignment.notes)
+
+
 def test_a_stack_outside_the_models_season_is_refused():
     grid = [150, 180, 210]  # June to August of one year
     with pytest.raises(PredictError, match="do not overlap the season"):
@@ -328,7 +337,9 @@ def test_field_names(models):
     ]  # fmt: skip
     card.classes[1] = type(card.classes[1])(7900, "Maize!", "#000000")
     assert probability_field_names(card) == ["p_1200", "p_7900", "p_permanent_grass_crops"]
-    assert output_field_names(card, declared=True)[-3:] == ["n_clear_dates", "status", "agrees"]
+    assert output_field_names(card, declared=True)[-4:] == [
+        "n_clear_dates", "status", "agrees", "check_rank",
+    ]  # fmt: skip
     names = resolve_field_names(["parcel_id", "CROP_CODE", "crop_code_pred", "status"],
                                 ["crop_code", "crop_class", "status"])  # fmt: skip
     assert names == {"crop_code": "crop_code_pred2", "crop_class": "crop_class",
@@ -359,7 +370,9 @@ def test_agreement_and_suspicion_order(models):
     assert agreement(ParcelPrediction(1, "outside_stack", 0), 1200, card) is None
     agrees = [True, False, None, False, True]
     confidence = [0.9, 0.6, None, 0.95, 0.5]
-    assert suspicion_order(agrees, confidence).tolist() == [3, 1, 4, 0, 2]
+    order = suspicion_order(agrees, confidence)
+    assert order.tolist() == [3, 1, 4, 0, 2]
+    assert check_ranks(order).tolist() == [4, 2, 5, 1, 3]
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -393,6 +406,7 @@ def test_cli_classify_writes_every_input_field_and_the_predictions(models, tmp_p
         "n_clear_dates",
         "status",
         "agrees",
+        "check_rank",
         "geometry",
     ]
     assert list(result.columns) == expected
@@ -410,6 +424,7 @@ def test_cli_classify_writes_every_input_field_and_the_predictions(models, tmp_p
     n_bad, n_good = agrees.count(False), agrees.count(True)
     assert agrees == [False] * n_bad + [True] * n_good + [None] * 2
     assert set(result["crop_code"][-2:]) == {2130, 5100}
+    assert result["check_rank"].tolist() == list(range(1, 19))
     conf = result["confidence"].to_numpy()
     assert np.all(np.diff(conf[:n_bad]) <= 0)
     assert np.all(np.diff(conf[n_bad : n_bad + n_good]) >= 0)
