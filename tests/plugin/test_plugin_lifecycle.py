@@ -59,8 +59,15 @@ def test_gui_round_trip_leaves_nothing_behind(qgis_iface):
     assert registry().providerById(PROVIDER_ID) is not None
     assert len(plugin_toolbars(main_window)) == 1
     actions = plugin_actions(main_window)
-    assert {a.objectName() for a in actions} == {"ParcelCropClassifierDiagnostics"}
-    assert all(a in plugin.toolbar.actions() for a in actions)
+    assert {a.objectName() for a in actions} == {
+        "ParcelCropClassifierClassify",
+        "ParcelCropClassifierDiagnostics",
+        "ParcelCropClassifierClassifyLayer",  # the Layers panel's context menu, not the toolbar
+    }
+    assert [a.objectName() for a in plugin.toolbar.actions()] == [
+        "ParcelCropClassifierClassify",
+        "ParcelCropClassifierDiagnostics",
+    ]
 
     plugin.unload()
     flush_deletes()
