@@ -520,6 +520,46 @@ def prediction_columns(predictions: Sequence[ParcelPrediction], card: ModelCard)
     return columns
 
 
+def evaluate_predictions(
+    predictions: Sequence[ParcelPrediction], labels: Sequence[Any], card: ModelCard
+) -> dict[str, Any]:
+    """Metrics (:func:`cropmodels.evaluate.fold_metrics`) of predictions against reference
+    labels (codes or class names, matched as declarations are: :func:`declared_class_index`).
+
+    Parcels without a label, without a class (status) or with a crop the model does not know
+    are excluded and counted, never scored as errors or successes.
+    """
+    from .evaluate import fold_metrics
+
+    excluded = {"unlabelled": 0, "no_class": 0, "unknown_to_model": 0}
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    for prediction, label in zip(predictions, labels, strict=True):
+        index = declared_class_index(label, card)
+        empty = label is None or (isinstance(label, float) and math.isnan(label))
+        if empty or (isinstance(label, str) and not label.strip()):
+            excluded["unlabelled"] += 1
+        elif not prediction.classified:
+            excluded["no_class"] += 1
+        elif index is None:
+            excluded["unknown_to_model"] += 1
+        else:
+            y_true.append(index)
+            y_pred.append(int(prediction.class_index))
+    if not y_true:
+        raise PredictError(
+            f"No parcel can be scored for {card.name}: {excluded['unlabelled']} unlabelled, "
+            f"{excluded['no_class']} without a class, {excluded['unknown_to_model']} with a "
+            f"crop the model does not know (its classes: {', '.join(card.class_names)})."
+        )
+    metrics = fold_metrics(np.array(y_true), np.array(y_pred), len(card.classes))
+    metrics.update(
+        {"classes": card.class_names, "class_codes": card.class_codes, "excluded": excluded,
+         "model": card.name}
+    )  # fmt: skip
+    return metrics
+
+
 # -- device, memory and batches ----------------------------------------------------------------
 
 
@@ -973,6 +1013,7 @@ __all__ = [
     "classify_to_file",
     "declared_class_index",
     "describe_counts",
+    "evaluate_predictions",
     "find_model",
     "interpolation_weights",
     "is_out_of_memory",

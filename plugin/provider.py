@@ -9,6 +9,9 @@ from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.classify import ClassifyParcelsAlgorithm
 from .algorithms.diagnostics import DiagnosticsAlgorithm
+from .algorithms.evaluate import EvaluateModelsAlgorithm
+from .algorithms.extract import ExtractPatchesAlgorithm
+from .algorithms.train import TrainModelAlgorithm
 from .paths import icon_path
 
 PROVIDER_ID = "cropclassifier"
@@ -33,4 +36,7 @@ class CropClassifierProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(ClassifyParcelsAlgorithm())
+        self.addAlgorithm(ExtractPatchesAlgorithm())
+        self.addAlgorithm(TrainModelAlgorithm())
+        self.addAlgorithm(EvaluateModelsAlgorithm())
         self.addAlgorithm(DiagnosticsAlgorithm())

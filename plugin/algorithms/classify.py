@@ -22,7 +22,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingMultiStepFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -50,6 +49,7 @@ from .common import (
     core_errors,
     core_log_to,
     features_in_order,
+    multi_step,
     read_parcels,
     require_torch,
     stack_parameter,
@@ -192,7 +192,7 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
-        steps = QgsProcessingMultiStepFeedback(3, feedback)
+        steps = multi_step(3, feedback)
         with core_log_to(feedback), core_errors(self.tr(CANCELLED)):
             source = self.parameterAsSource(parameters, self.PARCELS, context)
             if source is None:

@@ -15,6 +15,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeatureSource,
     QgsProcessingFeedback,
+    QgsProcessingMultiStepFeedback,
     QgsProcessingParameterFile,
     QgsWkbTypes,
 )
@@ -73,6 +74,15 @@ def core_errors(cancelled_message: str) -> Iterator[None]:
         raise QgsProcessingException(cancelled_message) from None
     except (ValueError, OSError) as exc:
         raise QgsProcessingException(str(exc)) from exc
+
+
+def multi_step(n: int, feedback: QgsProcessingFeedback) -> QgsProcessingMultiStepFeedback:
+    """A multi-step feedback over ``feedback`` that is cancelled if it already was (it only
+    follows cancellations signalled after its creation)."""
+    steps = QgsProcessingMultiStepFeedback(n, feedback)
+    if feedback.isCanceled():
+        steps.cancel()
+    return steps
 
 
 class FeedbackProgress:
@@ -218,3 +228,63 @@ def features_in_order(
         found = {f.id(): f for f in source.getFeatures(request, flags)}
         for fid in wanted:
             yield found[fid]
+
+
+def label_values(table: ParcelTable, field: str) -> list[Any]:
+    """The label field's values as the store wants them: integer codes, None when empty."""
+    out: list[Any] = []
+    for value in table.attributes[field]:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            out.append(None)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise QgsProcessingException(
+                tr(
+                    "The label field '{}' holds {!r}, which is not an integer crop code. Choose "
+                    "a field of crop codes (e.g. LPIS or WorldCereal codes)."
+                ).format(field, value)
+            ) from None
+        if not number.is_integer():
+            raise QgsProcessingException(
+                tr("The label field '{}' holds {}, which is not an integer crop code.").format(
+                    field, value
+                )
+            )
+        out.append(int(number))
+    return out
+
+
+def extract_to_store(
+    table: ParcelTable,
+    stack: Any,
+    out: Any,
+    progress: FeedbackProgress,
+    *,
+    labels: list[Any] | None = None,
+    label_field: str | None = None,
+    ids: list[Any] | None = None,
+    memory_mb: float = 2048.0,
+) -> Any:
+    """Extract the parcels of ``table`` into a store at ``out`` (replaced if it is a store);
+    returns the core's ``StoreSummary``."""
+    from ...cropmodels.extract import ExtractConfig, extract
+    from ...cropmodels.store import write_store
+
+    stream = extract(
+        table.gdf, stack, ExtractConfig(memory_mb=memory_mb), progress=progress,
+        is_cancelled=progress.is_cancelled,
+    )  # fmt: skip
+    return write_store(
+        stream,
+        out,
+        n_parcels=len(table.fids),
+        stack_description=stack.describe(),
+        dates=[d.date for d in stack.dates],
+        parcel_ids=ids if ids is not None else [str(fid) for fid in table.fids],
+        labels=labels,
+        label_field=label_field,
+        overwrite=True,
+        is_cancelled=progress.is_cancelled,
+    )

@@ -457,3 +457,26 @@ def test_card_classes_in_json(models):
     """What the plugin styles from: codes, names and colours straight from the card."""
     data = json.loads(models["cnn"].read_text())
     assert [c["colour"] for c in data["classes"]] == ["#ffd92f", "#984ea3", "#4daf4a"]
+
+
+def test_evaluation_excludes_what_it_cannot_score(models):
+    from cropmodels.predict import ParcelPrediction, evaluate_predictions
+
+    card = read_card(models["gru"])
+    maize = np.array([0.8, 0.1, 0.1], np.float32)
+    grass = np.array([0.1, 0.1, 0.8], np.float32)
+    predictions = [
+        ParcelPrediction(0, "ok", 30, maize),
+        ParcelPrediction(1, "ok", 30, grass),
+        ParcelPrediction(2, "ok", 30, grass),
+        ParcelPrediction(3, "outside_stack", 0),
+        ParcelPrediction(4, "ok", 30, maize),
+        ParcelPrediction(5, "ok", 30, maize),
+    ]
+    labels = [1200, "Permanent grass crops", 1200, 9120, None, 5100]
+    m = evaluate_predictions(predictions, labels, card)
+    assert m["n"] == 3
+    assert m["overall_accuracy"] == pytest.approx(2 / 3)
+    assert m["excluded"] == {"unlabelled": 1, "no_class": 1, "unknown_to_model": 1}
+    with pytest.raises(PredictError, match="No parcel can be scored"):
+        evaluate_predictions(predictions[3:], labels[3:], card)

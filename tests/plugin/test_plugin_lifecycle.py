@@ -14,7 +14,9 @@ from helpers import ROOT, SYSTEM_PYTHON, run_python
 from parcel_crop_classifier.plugin.main import TOOLBAR_OBJECT_NAME
 from parcel_crop_classifier.plugin.provider import PROVIDER_ID
 
-ALGORITHMS = ["classify_parcels", "diagnostics"]
+ALGORITHMS = [
+    "classify_parcels", "diagnostics", "evaluate_models", "extract_patches", "train_model",
+]  # fmt: skip
 
 
 def flush_deletes() -> None:
