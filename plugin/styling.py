@@ -13,8 +13,8 @@ Why these choices:
   the stack, too small, cloudy...) fall in a last "No class (see status)" category drawn as a
   grey dashed outline, never as a guessed colour;
 * the fill's alpha follows the confidence linearly from chance level (1 / number of classes:
-  nearly transparent) to certainty (opaque), so doubtful parcels look washed out while the
-  outline keeps them visible;
+  35% opaque) to certainty (opaque), so doubtful parcels look washed out, while an opaque
+  outline in the class colour keeps the class legible over any background;
 * with a declared-crop check, parcels whose prediction disagrees get a thick red outline, and
   the attribute table opens sorted by ``check_rank`` (the most suspicious first).
 """
@@ -34,6 +34,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProperty,
     QgsRendererCategory,
+    QgsSimpleLineSymbolLayer,
     QgsSymbolLayer,
     QgsVectorLayer,
 )
@@ -44,12 +45,11 @@ from ..cropmodels.modelcard import ModelCard
 
 LOG = logging.getLogger(__name__)
 
-OUTLINE = "#3a3a3a"
 DISAGREE_OUTLINE = "#e31a1c"
 NO_CLASS_OUTLINE = "#8c8c8c"
-MIN_ALPHA = 40  # the fill at chance-level confidence: faint but visible
-OUTLINE_MM = 0.26
-DISAGREE_OUTLINE_MM = 0.8
+MIN_ALPHA = 90  # the fill at chance-level confidence (35% opaque): pale, the colour still legible
+OUTLINE_MM = 0.5  # in the class colour, opaque: the class reads even where the fill is pale
+DISAGREE_OUTLINE_MM = 0.9
 
 
 def tr(text: str) -> str:
@@ -79,31 +79,34 @@ def alpha_expression(confidence: str, n_classes: int) -> str:
 
 
 def class_symbol(colour: str, fields: StyleFields, n_classes: int) -> QgsFillSymbol:
+    """The class colour as an opaque outline and a fill whose opacity is the confidence; with
+    a declaration check, a red outline on top where the prediction disagrees."""
     symbol = QgsFillSymbol.createSimple(
         {
             "color": colour,
-            "outline_color": OUTLINE,
+            "outline_color": colour,
             "outline_width": str(OUTLINE_MM),
             "outline_width_unit": "MM",
         }
     )
-    layer = symbol.symbolLayer(0)
+    fill = symbol.symbolLayer(0)
     c = QColor(colour)
     alpha = alpha_expression(fields.confidence, n_classes)
-    layer.setDataDefinedProperty(
+    fill.setDataDefinedProperty(
         QgsSymbolLayer.PropertyFillColor,
         QgsProperty.fromExpression(f"color_rgba({c.red()}, {c.green()}, {c.blue()}, {alpha})"),
     )
     if fields.agrees:
-        disagrees = f"coalesce({_quoted(fields.agrees)}, 1) = 0"
-        layer.setDataDefinedProperty(
+        # Transparent unless the feature disagrees: a data-defined colour, not a data-defined
+        # "enabled", because the legend draws enabled layers without evaluating it. A boolean
+        # is compared with a boolean: in QGIS expressions false = 0 is false.
+        line = QgsSimpleLineSymbolLayer(QColor(0, 0, 0, 0), DISAGREE_OUTLINE_MM)
+        disagrees = f"coalesce({_quoted(fields.agrees)}, true) = false"
+        line.setDataDefinedProperty(
             QgsSymbolLayer.PropertyStrokeColor,
-            QgsProperty.fromExpression(f"if({disagrees}, '{DISAGREE_OUTLINE}', '{OUTLINE}')"),
+            QgsProperty.fromExpression(f"if({disagrees}, '{DISAGREE_OUTLINE}', '0,0,0,0')"),
         )
-        layer.setDataDefinedProperty(
-            QgsSymbolLayer.PropertyStrokeWidth,
-            QgsProperty.fromExpression(f"if({disagrees}, {DISAGREE_OUTLINE_MM}, {OUTLINE_MM})"),
-        )
+        symbol.appendSymbolLayer(line)
     return symbol
 
 

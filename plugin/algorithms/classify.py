@@ -39,7 +39,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...cropmodels import predict
-from ...cropmodels.modelcard import ModelCard, read_card
+from ...cropmodels.modelcard import ModelCard
 from ...cropmodels.stack import open_stack
 from ..styling import ApplyStyle, StyleFields, apply_style, write_qml
 from .base import CropAlgorithm
@@ -56,21 +56,14 @@ from .common import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+# dotted name of ..model_widget.ModelWidgetWrapper, imported by Processing's dialogs only
+MODEL_WIDGET = f"{__name__.rsplit('.', 2)[0]}.model_widget.ModelWidgetWrapper"
 CANCELLED = "Cancelled: nothing was written."
 
 
 def bundled_model_names() -> list[str]:
-    """Bundled models, the recommended one first (the best cross-validated F-score)."""
-    found = predict.bundled_models()
-
-    def score(name: str) -> float:
-        try:
-            cv = read_card(found[name]).metrics.get("cross_validation") or {}
-            return float(cv["summary"]["fscore"]["mean"])
-        except (ValueError, KeyError, TypeError):
-            return -1.0
-
-    return sorted(found, key=lambda n: (-score(n), n))
+    """Bundled models, the recommended one first (see the core's ``bundled_model_names``)."""
+    return predict.bundled_model_names()
 
 
 class ClassifyParcelsAlgorithm(CropAlgorithm):
@@ -79,6 +72,8 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
     MODEL = "MODEL"
     DEVICE = "DEVICE"
     BATCH_SIZE = "BATCH_SIZE"
+    MIN_CLEAR_DATES = "MIN_CLEAR_DATES"
+    MEMORY_MB = "MEMORY_MB"
     DECLARED_FIELD = "DECLARED_FIELD"
     OUTPUT = "OUTPUT"
     STYLE = "STYLE"
@@ -113,7 +108,9 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
             "margin (top probability minus the second), one p_<class> probability per class, "
             "n_clear_dates and status (ok, or why a parcel got no class: outside_stack, "
             "too_small, no_clear_observation, invalid_geometry; partly_outside parcels are "
-            "classified from their part inside the stack). A field already named like one of "
+            "classified from their part inside the stack; parcels with fewer mostly clear dates "
+            "than the advanced minimum, 1 by default, get no_clear_observation). A field "
+            "already named like one of "
             "these keeps its name and values; the new one gets the suffix _pred.\n\n"
             "Stack: {stack}. When its dates differ from the model's, each parcel's series is "
             "resampled in time onto the model's dates.\n\n"
@@ -137,13 +134,14 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
         )
         self.addParameter(stack_parameter(self.STACK))
         names = bundled_model_names()
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.MODEL,
-                self.tr("Model (bundled model name, or model file .json)"),
-                defaultValue=names[0] if names else None,
-            )
+        model = QgsProcessingParameterString(
+            self.MODEL,
+            self.tr("Model (bundled model name, or model file .json)"),
+            defaultValue=names[0] if names else None,
         )
+        # the dialogs show the bundled models and a file button; the value stays a string
+        model.setMetadata({"widget_wrapper": {"class": MODEL_WIDGET}})
+        self.addParameter(model)
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.DEVICE,
@@ -157,8 +155,18 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
             self.BATCH_SIZE, self.tr("Parcels per batch (0: chosen from free memory)"),
             type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
         )  # fmt: skip
-        batch.setFlags(batch.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(batch)
+        clear = QgsProcessingParameterNumber(
+            self.MIN_CLEAR_DATES,
+            self.tr("Minimum number of mostly clear dates for a class"),
+            type=QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=0,
+        )  # fmt: skip
+        memory = QgsProcessingParameterNumber(
+            self.MEMORY_MB, self.tr("Memory budget for the stack's pixels (MiB)"),
+            type=QgsProcessingParameterNumber.Double, defaultValue=2048.0, minValue=64.0,
+        )  # fmt: skip
+        for parameter in (batch, clear, memory):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
         self.addParameter(
             QgsProcessingParameterField(
                 self.DECLARED_FIELD,
@@ -209,6 +217,8 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
             config = predict.PredictConfig(
                 device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                min_clear_dates=self.parameterAsInt(parameters, self.MIN_CLEAR_DATES, context),
+                memory_mb=self.parameterAsDouble(parameters, self.MEMORY_MB, context),
             )
             model_spec = self.parameterAsString(parameters, self.MODEL, context)
             classifier = predict.Classifier.load(model_spec, config.device)
@@ -259,7 +269,7 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
                 values = table.attributes[declared]
                 agrees = [predict.agreement(p, v, card) for p, v in zip(predictions, values,
                                                                         strict=True)]  # fmt: skip
-            dest_id, qml, _names = self._write(
+            dest_id, qml = self._write(
                 parameters, context, steps, source, table.fids, predictions, agrees, card
             )
         n_disagreeing = sum(a is False for a in agrees) if agrees is not None else 0
@@ -303,7 +313,7 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
         predictions: list[predict.ParcelPrediction],
         agrees: list[bool | None] | None,
         card: ModelCard,
-    ) -> tuple[str, str, dict[str, str]]:
+    ) -> tuple[str, str]:
         fields, names = self._fields(source, card, agrees is not None)
         for original, new in names.items():
             if original != new:
@@ -360,7 +370,7 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
             agrees=names.get(predict.AGREES), check_rank=names.get(predict.CHECK_RANK),
         )  # fmt: skip
         qml = self._style(dest_id, context, feedback, card, style_fields, fields)
-        return dest_id, qml, names
+        return dest_id, qml
 
     def _style(
         self,

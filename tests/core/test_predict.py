@@ -234,6 +234,37 @@ def test_out_of_memory_halves_the_batch_and_retries():
     assert seen == [(0, 2), (2, 4)]
 
 
+def test_batches_are_sized_to_a_time_budget_and_cancellable():
+    """Forward passes take 0.25 s per item on this fake clock: from a probe of 2 items the
+    batches settle at 2 (0.5 s), never above the memory bound; cancelling stops between them."""
+    now = [0.0]
+    sizes: list[int] = []
+
+    def forward(start: int, stop: int) -> np.ndarray:
+        sizes.append(stop - start)
+        now[0] += 0.25 * (stop - start)
+        return np.zeros((stop - start, 1), np.float32)
+
+    batcher = AdaptiveBatcher(64, target_seconds=0.5, clock=lambda: now[0])
+    batcher.run(9, forward)
+    assert sizes == [2, 2, 2, 2, 1]
+    fast = AdaptiveBatcher(8, target_seconds=0.5, clock=lambda: now[0])
+    sizes.clear()
+
+    def quick(start: int, stop: int) -> np.ndarray:
+        sizes.append(stop - start)
+        now[0] += 0.01 * (stop - start)
+        return np.zeros((stop - start, 1), np.float32)
+
+    fast.run(40, quick)
+    assert sizes == [2, 4, 8, 8, 8, 8, 2]  # doubling up to the memory bound, no further
+    calls = []
+    stop_now = AdaptiveBatcher(4, is_cancelled=lambda: len(calls) >= 1)
+    with pytest.raises(Cancelled):
+        stop_now.run(12, lambda a, b: calls.append(1) or np.zeros((b - a, 1), np.float32))
+    assert calls == [1]
+
+
 def test_other_errors_are_not_mistaken_for_out_of_memory():
     def forward(start: int, stop: int) -> np.ndarray:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
@@ -273,7 +304,7 @@ def test_out_of_memory_inside_the_classifier_keeps_every_result(models):
             return self.inner(x, mask=mask, doy=doy)
 
     classifier.model = SmallGpu(classifier.model).eval()
-    squeezed, summary = run(classifier, batch_size=16)
+    squeezed, summary = run(classifier, batch_size=16, max_batch_seconds=None)
     assert summary.batch_size == 2
     assert summary.oom_halvings == 3
     for i in reference:
@@ -480,3 +511,17 @@ def test_evaluation_excludes_what_it_cannot_score(models):
     assert m["excluded"] == {"unlabelled": 1, "no_class": 1, "unknown_to_model": 1}
     with pytest.raises(PredictError, match="No parcel can be scored"):
         evaluate_predictions(predictions[3:], labels[3:], card)
+
+
+def test_the_recommended_bundled_model_comes_first(models, tmp_path):
+    from cropmodels.predict import bundled_model_names
+
+    folder = tmp_path / "models"
+    for name, fscore in (("a_model", 0.6), ("b_model", 0.8), ("c_model", None)):
+        (folder / name).mkdir(parents=True)
+        card = json.loads(models["gru"].read_text())
+        card["name"] = name
+        if fscore is not None:
+            card["metrics"]["cross_validation"] = {"summary": {"fscore": {"mean": fscore}}}
+        (folder / name / f"{name}.json").write_text(json.dumps(card))
+    assert bundled_model_names(folder) == ["b_model", "a_model", "c_model"]

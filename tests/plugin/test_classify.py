@@ -153,9 +153,9 @@ def test_declared_field_flags_disagreements_suspicious_first(provider, sample_mo
     assert confidence[n_bad : n_bad + n_good] == sorted(confidence[n_bad : n_bad + n_good])
     categories = layer.renderer().categories()  # keep them: the symbols belong to them
     symbol = categories[0].symbol()
-    symbol_layer = symbol.symbolLayer(0)
-    stroke = symbol_layer.dataDefinedProperties().property(symbol_layer.PropertyStrokeColor)
-    assert '"agrees"' in stroke.expressionString()
+    line = symbol.symbolLayer(1)  # the red outline, drawn where the prediction disagrees
+    stroke = line.dataDefinedProperties().property(line.PropertyStrokeColor)
+    assert 'coalesce("agrees", true) = false' in stroke.expressionString()
     assert layer.attributeTableConfig().sortExpression() == '"check_rank"'
     # a memory output is also written in that order
     memory = run({"PARCELS": str(PARCELS), "STACK": str(STACK), "MODEL": str(sample_model),
@@ -239,24 +239,25 @@ def test_loaded_output_gets_the_style(provider, sample_model, qgis_new_project):
 
 
 def test_confidence_is_visible_as_fill_opacity(sample_model):
-    """Render two parcels of one class, one certain, one at chance level: the certain one is
-    filled with the class colour, the doubtful one is nearly transparent."""
+    """Render parcels of one class, one certain, one at chance level, one disagreeing with
+    its declaration: the certain one is filled with the class colour, the doubtful one is
+    nearly transparent, the disagreeing one has a red outline."""
     card = read_card(sample_model)
     uri = ("Polygon?crs=EPSG:32631&field=crop_code:integer&field=crop_class:string"
-           "&field=confidence:double&field=status:string")  # fmt: skip
+           "&field=confidence:double&field=status:string&field=agrees:boolean")  # fmt: skip
     layer = QgsVectorLayer(uri, "t", "memory")
     features = []
-    for x0, confidence in ((0, 1.0), (200, 1 / 3)):
+    for x0, confidence, agrees in ((0, 1.0, True), (200, 1 / 3, None), (400, 0.9, False)):
         f = QgsFeature(layer.fields())
-        f.setAttributes([card.classes[0].code, card.classes[0].name, confidence, "ok"])
+        f.setAttributes([card.classes[0].code, card.classes[0].name, confidence, "ok", agrees])
         f.setGeometry(QgsGeometry.fromRect(QgsRectangle(x0, 0, x0 + 100, 100)))
         features.append(f)
     layer.dataProvider().addFeatures(features)
-    apply_style(layer, card, StyleFields())
+    apply_style(layer, card, StyleFields(agrees="agrees"))
     settings = QgsMapSettings()
     settings.setLayers([layer])
-    settings.setExtent(QgsRectangle(-10, -10, 310, 110))
-    settings.setOutputSize(QSize(320, 120))
+    settings.setExtent(QgsRectangle(-10, -10, 510, 110))
+    settings.setOutputSize(QSize(520, 120))
     settings.setBackgroundColor(QColor(255, 255, 255))
     job = QgsMapRendererParallelJob(settings)
     job.start()
@@ -267,8 +268,13 @@ def test_confidence_is_visible_as_fill_opacity(sample_model):
     colour = QColor(card.classes[0].colour)
     assert abs(certain.red() - colour.red()) < 8
     assert abs(certain.blue() - colour.blue()) < 8
-    # at chance level the fill is 16% opaque: mostly the white background shows through
-    assert 215 < doubtful.blue() < 230
+    # at chance level the fill is 35% opaque: the white background shows through
+    assert 170 < doubtful.blue() < 195
+    edge = QColor(image.pixel(410, 60))  # the left border of the disagreeing parcel
+    assert (edge.red(), edge.green(), edge.blue()) == (0xE3, 0x1A, 0x1C)
+    border = QColor(image.pixel(10, 60))  # the agreeing one: an outline in the class colour
+    assert (border.red(), border.green(), border.blue()) == (colour.red(), colour.green(),
+                                                            colour.blue())  # fmt: skip
 
 
 def test_cancel_leaves_no_output(provider, sample_model, tmp_path):

@@ -97,7 +97,15 @@ def test_the_dialog_opens_with_the_layer_preselected(qgis_iface, loaded, monkeyp
     try:
         assert dialog is not None
         assert dialog.algorithm().id() == CLASSIFY_ALGORITHM
-        assert dialog.mainWidget().wrappers["PARCELS"].parameterValue() == parcels.id()
+        wrappers = dialog.mainWidget().wrappers
+        assert wrappers["PARCELS"].parameterValue() == parcels.id()
+        # MODEL: the bundled models in an editable list and a file button; the value is text
+        model = wrappers["MODEL"]
+        assert type(model).__name__ == "ModelWidgetWrapper"
+        model.setValue("/data/models/mine.json")
+        assert model.parameterValue() == "/data/models/mine.json"
+        model.setValue(None)
+        assert model.parameterValue() is None
     finally:
         dialog.close()
         dialog.deleteLater()
