@@ -366,3 +366,14 @@ def test_the_algorithm_runs_in_batch_mode_and_in_models(provider, sample_model, 
     out = tmp_path / "from_model.gpkg"
     result = processing.run(model, {"classify:classified": str(out)})
     assert layer_of(result["classify:classified"]).featureCount() == 18
+
+
+def test_an_empty_layer_gives_an_empty_styled_output(provider, sample_model, tmp_path):
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32631&field=name:string", "empty", "memory")
+    result = run({"PARCELS": layer, "STACK": str(STACK), "MODEL": str(sample_model),
+                  "DEVICE": "cpu", "OUTPUT": str(tmp_path / "empty.gpkg")})  # fmt: skip
+    assert result["N_CLASSIFIED"] == 0
+    output = layer_of(result["OUTPUT"])
+    assert output.featureCount() == 0
+    assert output.fields().names()[:3] == ["fid", "name", "crop_code"]
+    assert Path(result["STYLE"]).is_file()
