@@ -1,8 +1,7 @@
 """Command line of the core: ``python -m cropmodels <command> ...``.
 
-Each command is a function taking the parsed arguments and returning an exit code; later
-commands (extract, train, evaluate, classify, models) are added to ``build_parser`` the
-same way.
+Each command is a function taking the parsed arguments and returning an exit code; commands
+are added to ``build_parser`` the same way.
 """
 
 from __future__ import annotations
@@ -433,6 +432,36 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .predict import PredictConfig, classify_to_file, describe_counts
+
+    config = PredictConfig(
+        device=args.device, batch_size=args.batch_size, memory_mb=args.memory_mb,
+        workers=args.workers, min_clear_dates=args.min_clear_dates,
+    )  # fmt: skip
+    bar, progress = _tqdm_progress(args, "classify")
+    with bar:
+        result = classify_to_file(
+            args.parcels, args.stack, args.model, args.out, config, layer=args.layer,
+            declared_field=args.declared_field, overwrite=args.overwrite, progress=progress,
+        )  # fmt: skip
+    s = result.summary
+    print(
+        f"Wrote {result.path}: {result.n_parcels} parcels, {s.n_classified} classified "
+        f"({describe_counts(s.counts)}); device {s.device}, {s.batch_size} parcels per batch"
+    )
+    for note in s.notes:
+        print(f"note: {note}")
+    for original, new in result.renamed.items():
+        print(f"note: the layer already has a field {original!r}; the prediction is in {new!r}")
+    if result.n_disagreeing is not None:
+        print(
+            f"{result.n_disagreeing} parcels disagree with {args.declared_field!r}; they come "
+            "first in the output, most confident first"
+        )
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(
         prog="python -m cropmodels",
@@ -550,6 +579,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--no-rf", action="store_true", help="skip the Random-Forest baseline")
     _add_training_options(p)
     commands["reproduce"] = cmd_reproduce
+
+    p = sub.add_parser(
+        "classify",
+        help="classify every parcel of a layer with a model and write the classes",
+        description="Extracts each parcel's patches from the stack, runs the model in batches "
+        "(CUDA when present) and writes every input field plus crop_code, crop_class, "
+        "confidence, margin, p_<class>, n_clear_dates and status (and agrees with "
+        "--declared-field). Stack dates that differ from the model's are resampled in time.",
+    )
+    p.add_argument("--parcels", required=True, help="parcel polygons (any OGR source)")
+    p.add_argument("--layer", help="layer name inside the parcel source (GeoPackage)")
+    p.add_argument("--stack", required=True, help="folder of per-date rasters, multi-band "
+                   "raster or JSON descriptor")  # fmt: skip
+    p.add_argument("--model", required=True, help="bundled model name or model file (.json)")
+    p.add_argument("--out", required=True, help="output file, e.g. classified.gpkg")
+    p.add_argument("--declared-field", help="field with the declared crop code: adds 'agrees' "
+                   "and orders the parcels suspicious first")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--batch-size", type=int, default=0, help="parcels per batch (0: from "
+                   "free memory)")  # fmt: skip
+    p.add_argument("--min-clear-dates", type=int, default=1, help="parcels with fewer mostly "
+                   "clear dates get no class")  # fmt: skip
+    p.add_argument(
+        "--memory-mb", type=float, default=2048, help="memory budget for the stack's pixels (MiB)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["classify"] = cmd_classify
 
     return parser, commands
 

@@ -2,27 +2,56 @@
 
 ``initProcessing`` is separate from ``initGui`` so that the provider also exists headless and in
 ``qgis_process`` (where ``iface`` is None and ``initGui`` is never called). Every action, menu
-entry, toolbar and provider added here is removed again in ``unload``.
+entry, toolbar, layer context-menu entry, signal connection and provider added here is removed
+again in ``unload``.
+
+"Classify parcels..." appears in the Layers panel's context menu of every polygon layer (those
+there when the plugin loads and those added later) and opens the algorithm's dialog with that
+layer as the parcels; the same entry in the plugin menu and toolbar uses the current layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
-from qgis.core import QgsApplication
+from qgis.core import (
+    QgsApplication,
+    QgsMapLayer,
+    QgsMapLayerType,
+    QgsProject,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from . import deps_check, qgis_logging
 from .paths import PLUGIN_TITLE, icon_path
-from .provider import CropClassifierProvider
+from .provider import PROVIDER_ID, CropClassifierProvider
 
 LOG = logging.getLogger(__name__)
 
 MENU = "&Parcel Crop Classifier"
 TOOLBAR_OBJECT_NAME = "ParcelCropClassifierToolbar"
+LAYER_ACTION_OBJECT_NAME = "ParcelCropClassifierClassifyLayer"
+CLASSIFY_ALGORITHM = f"{PROVIDER_ID}:classify_parcels"
+
+
+def is_parcel_layer(layer: QgsMapLayer | None) -> bool:
+    """A vector layer of polygons: what classify_parcels accepts as parcels."""
+    return (
+        isinstance(layer, QgsVectorLayer)
+        and layer.isValid()
+        and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+    )
+
+
+def classify_dialog_parameters(layer: QgsMapLayer | None) -> dict[str, str]:
+    """Initial parameters of the classification dialog: the layer as parcels, if it can be."""
+    return {"PARCELS": layer.id()} if is_parcel_layer(layer) else {}
 
 
 def tr(text: str) -> str:
@@ -35,6 +64,7 @@ class CropClassifierPlugin:
         self.provider: CropClassifierProvider | None = None
         self.actions: list[QAction] = []
         self.toolbar: QToolBar | None = None
+        self.layer_action: QAction | None = None
         self._log_handler = qgis_logging.install()
         # Packages the installer put in the profile's dependencies folder; before anything
         # checks for torch, and also under qgis_process (no initGui there).
@@ -55,16 +85,50 @@ class CropClassifierPlugin:
         self.toolbar = self.iface.addToolBar(PLUGIN_TITLE)
         self.toolbar.setObjectName(TOOLBAR_OBJECT_NAME)
         self.add_action(
+            "ParcelCropClassifierClassify",
+            tr("Classify parcels…"),
+            self.classify_current_layer,
+            tip=tr("Classify the parcels of the current polygon layer into crop classes"),
+        )
+        self.add_action(
             "ParcelCropClassifierDiagnostics",
             tr("Diagnostics…"),
             self.show_diagnostics,
             tip=tr("Show the versions, missing packages and the device (GPU/CPU) in use"),
         )
+        self._add_layer_action()
         from .dependency_ui import DependencyUi
 
         self.dependencies = DependencyUi(self.iface)
         self.dependencies.offer_if_missing()
         LOG.info("Parcel Crop Classifier loaded")
+
+    def _add_layer_action(self) -> None:
+        """ "Classify parcels…" in the Layers panel's context menu of polygon layers."""
+        action = QAction(QIcon(icon_path()), tr("Classify parcels…"), self.iface.mainWindow())
+        action.setObjectName(LAYER_ACTION_OBJECT_NAME)
+        action.setToolTip(tr("Classify the parcels of this layer into crop classes"))
+        action.triggered.connect(self.classify_current_layer)
+        # allLayers=False: offered only on the layers given to addCustomActionForLayer
+        self.iface.addCustomActionForLayerType(action, "", QgsMapLayerType.VectorLayer, False)
+        self.layer_action = action
+        project = QgsProject.instance()
+        self.offer_on_layers(list(project.mapLayers().values()))
+        project.layersAdded.connect(self.offer_on_layers)
+
+    def offer_on_layers(self, layers: list[QgsMapLayer]) -> None:
+        if self.layer_action is None:
+            return
+        for layer in layers:
+            if is_parcel_layer(layer):
+                self.iface.addCustomActionForLayer(self.layer_action, layer)
+
+    def classify_current_layer(self) -> None:
+        """Open the classification dialog; the right-clicked (current) layer as parcels."""
+        import processing
+
+        layer = self.iface.activeLayer()
+        processing.execAlgorithmDialog(CLASSIFY_ALGORITHM, classify_dialog_parameters(layer))
 
     def add_action(
         self,
@@ -100,6 +164,12 @@ class CropClassifierPlugin:
         if self.dependencies is not None:
             self.dependencies.unload()
             self.dependencies = None
+        if self.layer_action is not None:
+            with contextlib.suppress(TypeError, RuntimeError):  # never connected
+                QgsProject.instance().layersAdded.disconnect(self.offer_on_layers)
+            self.iface.removeCustomActionForLayerType(self.layer_action)
+            self.layer_action.deleteLater()
+            self.layer_action = None
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             if self.toolbar is not None:

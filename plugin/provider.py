@@ -8,7 +8,11 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.build_stack import BuildStackAlgorithm
+from .algorithms.classify import ClassifyParcelsAlgorithm
 from .algorithms.diagnostics import DiagnosticsAlgorithm
+from .algorithms.evaluate import EvaluateModelsAlgorithm
+from .algorithms.extract import ExtractPatchesAlgorithm
+from .algorithms.train import TrainModelAlgorithm
 from .paths import icon_path
 
 PROVIDER_ID = "cropclassifier"
@@ -32,5 +36,9 @@ class CropClassifierProvider(QgsProcessingProvider):
         return icon_path()
 
     def loadAlgorithms(self) -> None:
+        self.addAlgorithm(ClassifyParcelsAlgorithm())
+        self.addAlgorithm(ExtractPatchesAlgorithm())
+        self.addAlgorithm(TrainModelAlgorithm())
+        self.addAlgorithm(EvaluateModelsAlgorithm())
         self.addAlgorithm(DiagnosticsAlgorithm())
         self.addAlgorithm(BuildStackAlgorithm())

@@ -52,3 +52,62 @@ def write_raster(path: Path, data: np.ndarray, profile: dict, descriptions=None,
         if tags:
             ds.update_tags(**tags)
     return path
+
+
+# -- tiny real models for prediction tests ----------------------------------------------------
+
+LEGEND = {  # the sample's crops: names from its WorldCereal legend, colours for the map
+    9120: ("Permanent grass crops", "#4daf4a"),
+    1200: ("Maize", "#ffd92f"),
+    7900: ("Other leguminous crops", "#984ea3"),
+    2130: ("Cabbages", "#1b9e77"),
+    5100: ("Potatoes", "#a65628"),
+}
+
+
+def extract_sample_store(folder: Path) -> Path:
+    """The bundled sample extracted into a store (labels: ``crop_code``), built once."""
+    from cropmodels.extract import extract, read_parcels
+    from cropmodels.stack import open_stack
+    from cropmodels.store import write_store
+
+    out = folder / "flanders.store"
+    if out.exists():
+        return out
+    stack = open_stack(STACK)
+    gdf = read_parcels(PARCELS)
+    write_store(
+        extract(gdf, stack),
+        out,
+        n_parcels=len(gdf),
+        stack_description=stack.describe(),
+        dates=[d.date for d in stack.dates],
+        parcel_ids=gdf["parcel_id"].tolist(),
+        labels=gdf["crop_code"].tolist(),
+        label_field="crop_code",
+    )
+    return out
+
+
+def train_sample_model(folder: Path, architecture: str = "gru", epochs: int = 1) -> Path:
+    """A real model trained for ``epochs`` on the sample (3 folds so that Maize and the
+    leguminous crops keep their class; cabbages and potatoes merge into Other). Returns the
+    card's path. Tiny and quick: for tests of prediction, not of accuracy."""
+    from cropmodels.train import TrainConfig, read_class_map, train_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = extract_sample_store(folder)
+    class_map = folder / "classes.csv"
+    class_map.write_text(
+        "source_code,code,name,colour\n"
+        + "".join(f"{c},{c},{n},{col}\n" for c, (n, col) in LEGEND.items()),
+        encoding="utf-8",
+    )
+    config = TrainConfig(
+        model=architecture, epochs=epochs, n_folds=3, merge_rare=True, device="cpu",
+        name=f"{architecture}_flanders_test",
+    )  # fmt: skip
+    out = folder / f"{architecture}_flanders_test"
+    train_model(store, config, out, cv=False, report=False,
+                class_map=read_class_map(class_map))  # fmt: skip
+    return out.with_suffix(".json")

@@ -36,3 +36,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.qgis)
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory) -> Path:
+    """A real CNN trained for one epoch on the bundled sample (card path): tiny, for tests of
+    the plugin's plumbing, not of accuracy."""
+    from sample_data import train_sample_model
+
+    return train_sample_model(tmp_path_factory.mktemp("models"), "cnn")
+
+
+@pytest.fixture
+def provider(qgis_processing):
+    """The plugin loaded as qgis_process loads it (no iface): its provider registered."""
+    from qgis.core import QgsApplication
+
+    import parcel_crop_classifier
+    from parcel_crop_classifier.plugin.provider import PROVIDER_ID
+
+    plugin = parcel_crop_classifier.classFactory(None)
+    plugin.initProcessing()
+    yield QgsApplication.processingRegistry().providerById(PROVIDER_ID)
+    plugin.unload()

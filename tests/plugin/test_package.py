@@ -88,3 +88,38 @@ def test_plugin_loads_and_explains_when_torch_is_missing(profile: Path):
     assert run.returncode == 0, run.stdout + run.stderr
     missing = json.loads(run.stdout)["results"]["MISSING"].split(",")
     assert "torch" in missing
+
+
+def test_qgis_process_classifies_the_sample(profile: Path, sample_model: Path, tmp_path: Path):
+    """The headless command of the README, on the bundled real sample."""
+    from sample_data import PARCELS, STACK
+
+    out = tmp_path / "out.gpkg"
+    run = run_qgis_process(
+        ["--json", "run", "cropclassifier:classify_parcels", "--", f"PARCELS={PARCELS}",
+         f"STACK={STACK}", f"MODEL={sample_model}", "DEVICE=auto", f"OUTPUT={out}"],
+        profile,
+        venv_site_packages(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert results["N_CLASSIFIED"] == 18
+    assert results["DEVICE_USED"] == "cpu"
+    assert Path(results["OUTPUT"]) == out
+    assert out.is_file()
+    assert out.with_suffix(".qml").is_file()
+
+
+def test_qgis_process_explains_a_missing_model(profile: Path, tmp_path: Path):
+    from sample_data import PARCELS, STACK
+
+    run = run_qgis_process(
+        ["run", "cropclassifier:classify_parcels", "--", f"PARCELS={PARCELS}",
+         f"STACK={STACK}", "MODEL=nope", f"OUTPUT={tmp_path / 'o.gpkg'}"],
+        profile,
+        venv_site_packages(),
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "'nope' is neither a bundled model" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / "o.gpkg").exists()
