@@ -132,9 +132,10 @@ class Normaliser:
         std = torch.as_tensor(self.std, device=x.device, dtype=x.dtype)
         if self.input_kind == FEATURES:
             return (x - mean) / std
-        out = (x - mean[:, :, None, None]) / std[:, :, None, None]
+        # One pass writing a new tensor, then the mask in place (the input is left alone).
+        out = torch.sub(x, mean[:, :, None, None]).div_(std[:, :, None, None])
         if pixel_mask is not None:
-            out = out * pixel_mask[:, None, None, :, :].to(out.dtype)
+            out.mul_(pixel_mask[:, None, None, :, :].to(out.dtype))
         return out
 
 

@@ -1,0 +1,149 @@
+"""End-to-end scale: extraction + classification at N, 2N and 4N parcels, and the paper's tile.
+
+On the synthetic full-resolution stack of ``bench_extract.py`` (2048 x 2048 px, 24 dates,
+14,222 Voronoi fields with roads, clouds, DEFLATE; see ``benchmarks/README.md``), each run is
+``cropmodels.predict.classify`` (the streamed extractor feeding batches to the model, in one
+process, as ``classify_parcels`` runs) with ``cnn_gru9`` on every 4th parcel (N), every 2nd
+(2N) and all (4N), each in a fresh process for its own peak memory. Printed:
+
+- ``time_ratio_2n`` and ``time_ratio_4n``: time at 2N and 4N / time at N (goal: linear, 2 and 4);
+- ``peak_rss_ratio_4n``: peak resident memory at 4N / at N (goal: flat, ~1);
+- ``paper_tile_minutes``: 199,464 parcels x 24 dates (the paper's tile) at the 4N rate (goal <= 5
+  minutes on 2 cores);
+- ``overlap_ratio``: end-to-end time / (extraction alone + inference alone) at 4N: 1 means the
+  two ran one after the other, lower means they overlapped.
+
+The model has random weights and a neutral card (speed does not depend on training).
+
+    .venv/bin/python benchmarks/bench_scale.py [--model cnn_gru9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from synthetic import SyntheticSpec, ensure_dataset  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+PAPER_PARCELS = 199_464
+SUBSETS = {"n": 4, "2n": 2, "4n": 1}  # every k-th parcel
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(model_name: str, step: int, task: str) -> dict[str, Any]:
+    import geopandas as gpd
+    import torch
+    from bench_classify import card_for
+
+    from cropmodels.architectures import get_model
+    from cropmodels.extract import extract
+    from cropmodels.predict import Classifier
+    from cropmodels.stack import open_stack
+    from cropmodels.store import season_days
+
+    data = ensure_dataset(SyntheticSpec(), log=lambda _m: None)
+    gdf = gpd.read_file(data.parcels).iloc[::step].reset_index(drop=True)
+    stack = open_stack(data.stack)
+    grid = season_days([d.date for d in stack.dates])
+    torch.manual_seed(0)
+    card = card_for(model_name, len(stack), grid)
+    classifier = Classifier(get_model(model_name, n_classes=3).eval(), card, torch.device("cpu"))
+    started = time.perf_counter()
+    n = 0
+    if task == "classify":
+        for _ in classifier.classify(gdf, stack):
+            n += 1
+    elif task == "extract":
+        for _ in extract(gdf, stack):
+            n += 1
+    else:  # inference alone on random inputs of the same count
+        from cropmodels.train import _forward
+
+        batch = 64
+        x = torch.randn(batch, len(stack), 10, 32, 32)
+        doy = torch.as_tensor(grid).expand(batch, -1)
+        with torch.inference_mode():
+            while n < len(gdf):
+                torch.softmax(_forward(classifier.model, x, None, doy), dim=1)
+                n += batch
+    return {
+        "seconds": time.perf_counter() - started,
+        "n_parcels": len(gdf),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run_child(model: str, step: int, task: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", task, "--step", str(step),
+           "--model", model]  # fmt: skip
+    env = {**os.environ, "PROJ_DATA": os.environ.get("PROJ_DATA", "/usr/share/proj")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"step {task} every {step} failed ({done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, value: float, goal: str, results: dict[str, Any]) -> None:
+    results.setdefault("figures", {})[name] = value
+    print(f"{name}: {value:.3f} ({goal})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cnn_gru9")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--step", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.model, args.step, args.child)))
+        return 0
+    ensure_dataset(SyntheticSpec())
+    if os.getloadavg()[0] > 0.5:
+        print(f"note: the machine is busy (load average {os.getloadavg()[0]:.1f})")
+    results: dict[str, Any] = {"benchmark": "scale", "model": args.model, "runs": {}}
+    for label, step in SUBSETS.items():
+        r = results["runs"][label] = run_child(args.model, step, "classify")
+        print(f"{label}: {r['n_parcels']:,} parcels classified in {r['seconds']:.1f} s "
+              f"({r['n_parcels'] / r['seconds']:.0f} parcels/s), peak {r['peak_rss_mb']:.0f} MB",
+              flush=True)  # fmt: skip
+    runs = results["runs"]
+    report("time_ratio_2n", runs["2n"]["seconds"] / runs["n"]["seconds"], "goal: ~2", results)
+    report("time_ratio_4n", runs["4n"]["seconds"] / runs["n"]["seconds"], "goal: ~4", results)
+    report("peak_rss_ratio_4n", runs["4n"]["peak_rss_mb"] / runs["n"]["peak_rss_mb"],
+           "goal: flat, ~1", results)  # fmt: skip
+    rate = runs["4n"]["n_parcels"] / runs["4n"]["seconds"]
+    report("paper_tile_minutes", PAPER_PARCELS / rate / 60,
+           f"goal <= 5; {PAPER_PARCELS:,} parcels x 24 dates at {rate:.0f} parcels/s",
+           results)  # fmt: skip
+    alone = {task: run_child(args.model, 1, task) for task in ("extract", "infer")}
+    results["alone"] = alone
+    print(f"alone: extraction {alone['extract']['seconds']:.1f} s, inference "
+          f"{alone['infer']['seconds']:.1f} s")  # fmt: skip
+    report("overlap_ratio",
+           runs["4n"]["seconds"] / (alone["extract"]["seconds"] + alone["infer"]["seconds"]),
+           "informative: 1 = one after the other; 2 cores are shared by both", results)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
