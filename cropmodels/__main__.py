@@ -443,7 +443,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     with bar:
         result = classify_to_file(
             args.parcels, args.stack, args.model, args.out, config, layer=args.layer,
-            declared_field=args.declared_field, overwrite=args.overwrite, progress=progress,
+            declared_field=args.declared_field, overwrite=args.overwrite,
+            scheduler=args.scheduler, progress=progress,
         )  # fmt: skip
     s = result.summary
     print(
@@ -605,6 +606,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "--memory-mb", type=float, default=2048, help="memory budget for the stack's pixels (MiB)"
     )
     p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument(
+        "--scheduler",
+        help="dask.distributed scheduler address (tcp://host:8786): "
+        "classify spatial blocks of parcels on its workers (see cropmodels.cluster)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["classify"] = cmd_classify

@@ -68,6 +68,68 @@ def _extract_block(
     return out
 
 
+def _classify_block(
+    parcels: Any, stack_source: str, positions: np.ndarray, classifier: Any, config: Any
+) -> tuple[list[Any], Any]:
+    """One task: classify the parcels of a block; indices mapped back to input positions."""
+    from .predict import PredictSummary
+
+    summary = PredictSummary()
+    out = []
+    for prediction in classifier.classify(parcels, stack_source, config, summary=summary):
+        prediction.index = int(positions[prediction.index])
+        out.append(prediction)
+    return out, summary
+
+
+def _client(scheduler: Any) -> tuple[Any, bool]:
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError(
+            "running on a cluster needs dask.distributed: pip install 'dask[distributed]'"
+        ) from None
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    return Client(scheduler), True
+
+
+def _run_blocks(
+    client: Any,
+    gdf: Any,
+    parts: list[np.ndarray],
+    submit: Any,
+    in_flight: int,
+    is_cancelled: CancelFn,
+) -> Iterator[Any]:
+    """Submit ``submit(block, positions)`` for each block, at most ``in_flight`` per worker
+    thread at a time; yield each task's result as it finishes. Leftovers are cancelled."""
+    from distributed import as_completed
+
+    limit = max(1, in_flight * max(1, sum(client.nthreads().values())))
+    pending = iter(parts)
+    running = as_completed()
+
+    def submit_next() -> None:
+        positions = next(pending, None)
+        if positions is not None:
+            running.add(submit(gdf.iloc[positions], positions))
+
+    try:
+        for _ in range(limit):
+            submit_next()
+        for future in running:
+            check_cancelled(is_cancelled)
+            result = future.result()
+            future.release()
+            submit_next()
+            yield result
+    finally:
+        leftover = list(running.futures)  # cancelled or failed: nothing keeps running
+        if leftover:
+            client.cancel(leftover)
+
+
 def extract_on_cluster(
     parcels: Any,
     stack: str | Path,
@@ -83,55 +145,71 @@ def extract_on_cluster(
 
     ``scheduler``: the scheduler's address (``tcp://host:8786``) or a ``distributed.Client``.
     """
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise ValueError(
-            "running on a cluster needs dask.distributed: pip install 'dask[distributed]'"
-        ) from None
     config = config or ExtractConfig()
     stack_source = str(stack)
-    opened = open_stack(stack_source)
     gdf = read_parcels(parcels)
-    parts = blocks(gdf, opened, block_px)
-    total = len(gdf)
-    own = not isinstance(scheduler, Client)
-    client = Client(scheduler) if own else scheduler
-    running = as_completed()
+    parts = blocks(gdf, open_stack(stack_source), block_px)
+    client, own = _client(scheduler)
     try:
-        n_threads = max(1, sum(client.nthreads().values()))
-        limit = max(1, in_flight * n_threads)
-        LOG.info(
-            "%d parcels in %d blocks of %d px on a cluster of %d worker threads",
-            total, len(parts), block_px, n_threads,
-        )  # fmt: skip
-        pending = iter(parts)
+        LOG.info("%d parcels in %d blocks on a dask cluster", len(gdf), len(parts))
 
-        def submit_next() -> bool:
-            positions = next(pending, None)
-            if positions is None:
-                return False
-            block = gdf.iloc[positions]
-            running.add(client.submit(_extract_block, block, stack_source, positions, config,
-                                      pure=False))  # fmt: skip
-            return True
+        def submit(block: Any, positions: np.ndarray) -> Any:
+            return client.submit(_extract_block, block, stack_source, positions, config,
+                                 pure=False)  # fmt: skip
 
-        for _ in range(limit):
-            if not submit_next():
-                break
         done = 0
-        for future in running:
-            check_cancelled(is_cancelled)
-            results = future.result()
-            future.release()
-            submit_next()
+        for results in _run_blocks(client, gdf, parts, submit, in_flight, is_cancelled):
             for data in results:
                 done += 1
                 yield data
-            progress(done / max(total, 1), f"{done} of {total} parcels")
+            progress(done / max(len(gdf), 1), f"{done} of {len(gdf)} parcels")
     finally:
-        leftover = list(running.futures)  # cancelled or failed: nothing keeps running
-        if leftover:
-            client.cancel(leftover)
+        if own:
+            client.close()
+
+
+def classify_on_cluster(
+    parcels: Any,
+    stack: str | Path,
+    classifier: Any,
+    scheduler: Any,
+    config: Any = None,
+    *,
+    block_px: int = DEFAULT_BLOCK_PX,
+    in_flight: int = 2,
+    summary: Any = None,
+    progress: ProgressFn = no_progress,
+    is_cancelled: CancelFn = never_cancelled,
+) -> Iterator[Any]:
+    """Like :meth:`~.predict.Classifier.classify` (same predictions, any order), each spatial
+    block a task on a dask cluster; the classifier (model and card) is sent to every worker
+    once. ``summary`` (a :class:`~.predict.PredictSummary`) receives the merged counts."""
+    from .predict import PredictConfig
+
+    config = config or PredictConfig()
+    stack_source = str(stack)
+    gdf = read_parcels(parcels)
+    parts = blocks(gdf, open_stack(stack_source), block_px)
+    client, own = _client(scheduler)
+    try:
+        LOG.info("%d parcels in %d blocks on a dask cluster", len(gdf), len(parts))
+        shared = client.scatter(classifier, broadcast=True)
+
+        def submit(block: Any, positions: np.ndarray) -> Any:
+            return client.submit(_classify_block, block, stack_source, positions, shared, config,
+                                 pure=False)  # fmt: skip
+
+        done = 0
+        for predictions, part in _run_blocks(client, gdf, parts, submit, in_flight, is_cancelled):
+            if summary is not None:
+                for prediction in predictions:
+                    summary.add(prediction)
+                summary.device = summary.device or part.device
+                summary.batch_size = max(summary.batch_size, part.batch_size)
+                summary.notes.extend(n for n in part.notes if n not in summary.notes)
+            done += len(predictions)
+            yield from predictions
+            progress(done / max(len(gdf), 1), f"{done} of {len(gdf)} parcels")
+    finally:
         if own:
             client.close()

@@ -954,6 +954,7 @@ def classify_to_file(
     layer: str | None = None,
     declared_field: str | None = None,
     overwrite: bool = False,
+    scheduler: Any = None,
     progress: ProgressFn = no_progress,
     is_cancelled: CancelFn = never_cancelled,
 ) -> ClassifiedLayer:
@@ -963,7 +964,9 @@ def classify_to_file(
     all: to a temporary file beside it, renamed into place at the end. With ``declared_field``
     an ``agrees`` field compares prediction and declaration, ``check_rank`` numbers the
     parcels in the order an inspector should check them, and the features are written in it
-    suspicious first (:func:`suspicion_order`).
+    suspicious first (:func:`suspicion_order`). With ``scheduler`` (a dask.distributed address
+    or client) spatial blocks of parcels are classified on the cluster's workers
+    (:func:`.cluster.classify_on_cluster`), which must see the stack at the same path.
     """
     import tempfile
 
@@ -995,9 +998,18 @@ def classify_to_file(
 
     summary = PredictSummary()
     results: list[ParcelPrediction | None] = [None] * len(gdf)
-    for prediction in classifier.classify(
-        gdf, stack, config, progress=progress, is_cancelled=is_cancelled, summary=summary
-    ):
+    if scheduler is not None:
+        from .cluster import classify_on_cluster
+
+        stream = classify_on_cluster(
+            gdf, stack, classifier, scheduler, config, summary=summary, progress=progress,
+            is_cancelled=is_cancelled,
+        )  # fmt: skip
+    else:
+        stream = classifier.classify(
+            gdf, stack, config, progress=progress, is_cancelled=is_cancelled, summary=summary
+        )
+    for prediction in stream:
         results[prediction.index] = prediction
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:  # the extractor yields every parcel once; anything else is a bug

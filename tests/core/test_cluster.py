@@ -80,3 +80,39 @@ def test_cluster_extraction_equals_one_process(cluster, tmp_path):
     rows = np.arange(len(one))
     np.testing.assert_array_equal(one.read(rows).patches, many.read(rows).patches)
     np.testing.assert_array_equal(one.labels, many.labels)
+
+
+@pytest.mark.slow
+def test_cluster_classification_equals_one_process(cluster, tmp_path):
+    from cropmodels.predict import Classifier, PredictSummary
+    from sample_data import train_sample_model
+
+    model = train_sample_model(tmp_path / "model", "cnn")
+    classifier = Classifier.load(model, "cpu")
+    alone = {p.index: p for p in classifier.classify(PARCELS, STACK)}
+    summary = PredictSummary()
+    from cropmodels.cluster import classify_on_cluster
+
+    many = {
+        p.index: p
+        for p in classify_on_cluster(
+            PARCELS, STACK, classifier, cluster, block_px=16, summary=summary
+        )
+    }
+    assert many.keys() == alone.keys()
+    assert sum(summary.counts.values()) == len(alone)
+    for i, p in alone.items():
+        assert many[i].status == p.status
+        np.testing.assert_allclose(many[i].probabilities, p.probabilities, atol=1e-6)
+
+    # The command line: same output file through the scheduler's address.
+    address = cluster.scheduler.address
+    for name, extra in (("one", []), ("cluster", ["--scheduler", address])):
+        code = main(["classify", "--parcels", str(PARCELS), "--stack", str(STACK), "--model",
+                     str(model), "--out", str(tmp_path / f"{name}.gpkg"), "--device", "cpu",
+                     "--quiet", *extra])  # fmt: skip
+        assert code == 0
+    one = gpd.read_file(tmp_path / "one.gpkg")
+    two = gpd.read_file(tmp_path / "cluster.gpkg")
+    assert one["crop_code"].tolist() == two["crop_code"].tolist()
+    np.testing.assert_allclose(one["confidence"], two["confidence"], atol=1e-5)
