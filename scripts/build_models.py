@@ -449,7 +449,11 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = record
     return {
         "models": results,
-        "random_forest": {"summary": forest.summary, "seconds": round(rf_seconds, 1)},
+        "random_forest": {
+            "summary": forest.summary,
+            "confusion_matrix": forest.confusion_matrix,
+            "seconds": round(rf_seconds, 1),
+        },
         "preparation_seconds": round(prep_seconds, 1),
         "n_samples": samples_info["n_samples"],
         "per_class": per_class,
@@ -467,6 +471,9 @@ def _train_task(task: tuple) -> tuple[str, dict[str, Any]]:
     from cropmodels.train import train_model
 
     name, store, config, groups, class_map, provenance, forest, folder, threads = task
+    from cropmodels.train import _git_revision
+
+    _git_revision()  # the commit as the run starts, before anything is written
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("cropmodels").setLevel(logging.WARNING)
@@ -528,11 +535,13 @@ def write_models_readme(out_dir: Path, summary: dict[str, Any]) -> Path:
         rows.append(
             f"| `{card.name}` | {card.parameter_count:,} | {len(card.classes)} | "
             f"{pm(cv['overall_accuracy'])} | {pm(cv['fscore'])} | "
+            f"{pooled_accuracy(card.metrics['cross_validation']['confusion_matrix'])} | "
             f"{card.metrics['final_model']['epochs']} | {weights.stat().st_size / 1e6:.2f} MB | "
             f"{_minutes(times.get(card.name))} |"
         )
-    rf = summary.get("random_forest", {}).get("summary")
     card0 = read_card(bundled_models(out_dir)[0]) if rows else None
+    forest = card0.metrics.get("baselines", {}).get("random_forest", {}) if card0 else {}
+    rf, rf_matrix = forest.get("summary"), forest.get("confusion_matrix")
     lines = [
         "# Bundled models",
         "",
@@ -550,21 +559,32 @@ def write_models_readme(out_dir: Path, summary: dict[str, Any]) -> Path:
         "CV: 5-fold cross-validation (train:val:test 3:1:1, folds grouped by source region), "
         "mean ± std over the test folds, in %; F-score is the unweighted class average. The "
         "shipped model is trained on all samples for the median of the folds' best epochs "
-        "(epochs). Training time: CV and shipped model, CPU, "
-        f"{summary.get('threads', '?')} threads.",
+        "(epochs). Pooled OA: the test predictions of all folds together (each sample tested "
+        "once), from the summed confusion matrix. Training time: CV and shipped model, on one "
+        f"CPU thread per model, {summary.get('jobs', 1)} models at once on a 2-core machine "
+        "shared with other work.",
         "",
-        "| model | parameters | classes | CV OA | CV F-score | epochs | weights | training |",
-        "|:---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | classes | CV OA | CV F-score | pooled OA | epochs | weights "
+        "| training |",
+        "|:---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
     if rf:
         lines += [
             f"| Random Forest (baseline, not shipped) | - | - | {pm(rf['overall_accuracy'])} | "
-            f"{pm(rf['fscore'])} | - | - | - |"
+            f"{pm(rf['fscore'])} | {pooled_accuracy(rf_matrix)} | - | - | - |"
         ]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def pooled_accuracy(matrix: Any) -> str:
+    """Share of all test predictions that are right, from a summed confusion matrix, in %."""
+    if not matrix:
+        return "-"
+    m = np.asarray(matrix, dtype=float)
+    return f"{100 * np.trace(m) / m.sum():.1f}"
 
 
 def _minutes(seconds: float | None) -> str:
@@ -590,12 +610,18 @@ def main() -> int:
     parser.add_argument("--n-dates", type=int, default=24)
     parser.add_argument("--target-px", type=int, default=TARGET_PX)
     parser.add_argument("--min-regions", type=int, default=3)
+    parser.add_argument("--readme-only", action="store_true", help="only rewrite OUT/README.md "
+                        "from the cards and WORK/summary.json")  # fmt: skip
     args = parser.parse_args()
     for key in ("sample", "work", "out"):  # resolved, then run from the repository root
         setattr(args, key, str(Path(getattr(args, key)).resolve()))
     os.chdir(ROOT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("cropmodels").setLevel(logging.WARNING)
+    if args.readme_only:
+        summary = json.loads((Path(args.work) / "summary.json").read_text(encoding="utf-8"))
+        print(f"wrote {write_models_readme(Path(args.out), summary)}")
+        return 0
     t = time.monotonic()
     summary = build(args)
     summary["total_seconds"] = round(time.monotonic() - t, 1)
