@@ -19,12 +19,13 @@ export QT_QPA_PLATFORM ?= offscreen
 export PROJ_DATA ?= /usr/share/proj
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: help apt deps test test-core test-plugin lint format package demo bench clean
+.PHONY: help apt deps test test-core test-plugin lint format package demo bench models clean
 
 help:
 	@echo "make demo     install what is missing, then run the plugin headless on the bundled sample"
 	@echo "make test     install what is missing, then run lint and every test"
 	@echo "make package  build $(PLUGIN_ZIP) for QGIS's 'Install from ZIP'"
+	@echo "make models   retrain the bundled models (resources/models) from the real sample, on CPU"
 	@echo "make lint | format | bench | clean"
 
 # Debian packages: ask dpkg which are missing (fast), install only those.
@@ -74,6 +75,14 @@ package: deps
 
 demo: package
 	$(PY) scripts/demo.py --zip $(PLUGIN_ZIP)
+
+# Retrain every bundled model from scratch on the real Flanders sample: sub-parcels, extraction,
+# 5-fold CV and the shipped model per architecture (scripts/build_models.py). Deterministic: one
+# CPU thread per model, MODEL_JOBS models at once (the results do not depend on it). On demand
+# only, never part of `make test`; about 40 minutes on 2 cores.
+MODEL_JOBS ?= 2
+models: deps
+	nice -n 5 $(PY) scripts/build_models.py --jobs $(MODEL_JOBS)
 
 bench: deps
 	@if ls benchmarks/bench_*.py >/dev/null 2>&1; then \

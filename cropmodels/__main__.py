@@ -62,7 +62,78 @@ def _models_table(n_classes: int) -> list[dict[str, object]]:
     return rows
 
 
+def _bundled_rows() -> list[dict[str, object]]:
+    """One row per bundled model (``resources/models``), from its card alone (no torch)."""
+    from .modelcard import ModelFileError, bundled_models, model_paths, read_card
+
+    rows: list[dict[str, object]] = []
+    for path in bundled_models():
+        weights, _ = model_paths(path)
+        row: dict[str, object] = {"name": path.stem, "card": str(path)}
+        try:
+            card = read_card(path)
+        except ModelFileError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        cv = card.metrics.get("cross_validation", {}).get("summary", {})
+        row.update(
+            architecture=card.architecture,
+            parameters=card.parameter_count,
+            classes=[{"code": c.code, "name": c.name, "colour": c.colour} for c in card.classes],
+            n_dates=len(card.date_grid or []),
+            overall_accuracy=cv.get("overall_accuracy"),
+            fscore=cv.get("fscore"),
+            weights_bytes=weights.stat().st_size if weights.is_file() else None,
+        )
+        rows.append(row)
+    return rows
+
+
+def _print_bundled(rows: list[dict[str, object]]) -> None:
+    from .resources import MODELS_DIR
+
+    def pm(stats: object) -> str:
+        if not isinstance(stats, dict) or stats.get("mean") is None:
+            return "-"
+        return f"{100 * stats['mean']:.1f} ± {100 * (stats.get('std') or 0.0):.1f}"
+
+    if not rows:
+        print(f"No bundled models in {MODELS_DIR} (make models builds them).")
+        return
+    print(f"Bundled models ({MODELS_DIR}), CV mean ± std over the test folds (%):\n")
+    lines = [("name", "parameters", "classes", "dates", "CV OA", "CV F-score", "weights")]
+    for r in rows:
+        if "error" in r:
+            lines.append((str(r["name"]), "unreadable card", "", "", "", "", ""))
+            continue
+        lines.append(
+            (
+                str(r["name"]),
+                f"{r['parameters']:,}",
+                ", ".join(str(c["name"]) for c in r["classes"]),  # type: ignore[union-attr]
+                str(r["n_dates"]),
+                pm(r["overall_accuracy"]),
+                pm(r["fscore"]),
+                f"{r['weights_bytes'] / 1e6:.2f} MB" if r["weights_bytes"] else "missing",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    for r in rows:
+        if "error" in r:
+            print(f"\n{r['error']}")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.bundled:
+        rows = _bundled_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_bundled(rows)
+        return 1 if any("error" in r for r in rows) else 0
     try:
         rows = _models_table(args.n_classes)
     except ImportError as exc:
@@ -123,6 +194,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         "cropmodels/architectures/convlstm.py.\npse_ltae: hidden is d_model; Garnot and Landrieu "
         "2020, the authors' follow-up, for comparison."
     )
+    print()
+    _print_bundled(_bundled_rows())
     return 0
 
 
@@ -284,6 +357,7 @@ def _training_inputs(args: argparse.Namespace, model: str, workdir: str) -> tupl
         block_size_m=args.block_size, merge_rare=args.merge_rare,
         unknown_codes=args.unknown_codes, device=args.device, amp=not args.no_amp,
         workdir=args.workdir or workdir, name=getattr(args, "name", None),
+        final_fit=getattr(args, "final_fit", "holdout"),
     )  # fmt: skip
     groups = None
     if args.grouping == "spatial":
@@ -478,8 +552,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--device", default="auto", help=f"the device option to explain: {DEVICE_HELP}")
     commands["doctor"] = cmd_doctor
 
-    p = sub.add_parser("models", help="print the architectures and Table 1 from the registry")
+    p = sub.add_parser(
+        "models", help="print the architectures (Table 1 from the registry) and the bundled models"
+    )
     p.add_argument("--n-classes", type=int, default=19, help="output classes (19 in Table 1)")
+    p.add_argument("--bundled", action="store_true",
+                   help="only the trained models shipped in resources/models")  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     commands["models"] = cmd_models
 
@@ -548,6 +626,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--name", help="model name in the card (default: model_store)")
     p.add_argument("--hparams", help="JSON object overriding hyper-parameters")
     p.add_argument("--no-cv", action="store_true", help="skip cross-validation (no metrics)")
+    p.add_argument("--final-fit", choices=("holdout", "all"), default="holdout",
+                   help="the shipped model: 'holdout' trains on 4/5 with the 5th choosing the "
+                   "epoch; 'all' on every parcel for the CV's median best epoch")  # fmt: skip
     _add_training_options(p)
     commands["train"] = cmd_train
 

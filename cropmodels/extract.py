@@ -42,13 +42,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -790,6 +791,44 @@ def _chunking(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> _Chunk
     if aligned:
         chunk_rows = chunk_rows // block * block
     return _Chunking(col0, col1, chunk_rows, max(budget_rows - 2 * chunk_rows, 1), aligned)
+
+
+def select_dates(
+    results: Iterable[ParcelData], indices: Sequence[int], clear_date_fraction: float = 0.5
+) -> Iterator[ParcelData]:
+    """Keep only the dates at ``indices`` (positions in the stack) of each extracted parcel.
+
+    Clouds are interpolated over every date of the stack before dates are dropped, so a kept
+    date that is cloudy over a parcel is filled from each pixel's nearest clear observations
+    on *any* date of the stack: extracting the whole stack and keeping a date grid uses every
+    clear observation, which extracting a stack made of the grid's dates alone would not.
+    ``n_clear_dates`` is recounted over the kept dates (``clear_date_fraction`` as in
+    :class:`ExtractConfig`). Closing this generator closes ``results``.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim != 1 or not len(idx) or np.any(np.diff(idx) <= 0) or idx[0] < 0:
+        raise ValueError("indices must be increasing non-negative date positions")
+    try:
+        for data in results:
+            if idx[-1] >= len(data.cloud_fraction):
+                raise ValueError(
+                    f"date position {int(idx[-1])} is beyond the {len(data.cloud_fraction)} "
+                    "dates extracted"
+                )
+            cloud = data.cloud_fraction[idx]
+            yield dataclasses.replace(
+                data,
+                cloud_fraction=cloud,
+                n_clear_dates=int(((1.0 - cloud) >= clear_date_fraction).sum())
+                if data.n_clear_dates
+                else 0,
+                patches=None if data.patches is None else data.patches[idx],
+                features=None if data.features is None else data.features[idx],
+            )
+    finally:
+        close = getattr(results, "close", None)
+        if callable(close):
+            close()
 
 
 def _stream(

@@ -397,6 +397,20 @@ def _atomic_write(target: Path, write: Any) -> Path:
     return Path(tmp)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    ``safetensors`` writes the ``__metadata__`` entries in hash-map order, which changes from
+    call to call, so two saves of identical tensors could differ in bytes and sha256. Sorting
+    the keys (same characters, so the same header length and 8-byte padding) makes the bytes a
+    function of the tensors and metadata alone: retraining reproduces the weights file exactly.
+    """
+    n = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    size = max(n, -(-len(text) // 8) * 8)  # the same length in practice; else re-padded to 8
+    return size.to_bytes(8, "little") + text.ljust(size, b" ") + data[8 + n :]
+
+
 def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCard:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the card as written.
 
@@ -406,7 +420,7 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) 
     renamed over the target, weights first: an interrupted save leaves either the old pair or a
     pair whose hash check fails on load, never a silently mismatched model.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .architectures import parameter_count, temporal_parameter_ratio
 
@@ -442,9 +456,8 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) 
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "architecture": spec.name, "card": card_path.name}
-    weights_tmp = _atomic_write(
-        weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)
-    )
+    data = canonical_safetensors(save(tensors, metadata=metadata))
+    weights_tmp = _atomic_write(weights_path, lambda tmp: tmp.write_bytes(data))
     card_tmp = None
     try:
         card = replace(card, weights_sha256=sha256_of(weights_tmp.read_bytes()))
@@ -531,6 +544,25 @@ def load_model(
     return model.to(device).eval(), card
 
 
+def bundled_models(folder: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Cards of the models shipped with the plugin, ``<folder>/<name>/<name>.json`` (default
+    ``resources/models``), in the registry's order, then by name. Only the paths: nothing is
+    read or validated here (:func:`read_card`, :func:`load_model` do that)."""
+    from .architectures import list_models
+    from .resources import MODELS_DIR
+
+    root = Path(folder) if folder is not None else MODELS_DIR
+    if not root.is_dir():
+        return []
+    cards = [
+        sub / f"{sub.name}{CARD_SUFFIX}"
+        for sub in root.iterdir()
+        if sub.is_dir() and (sub / f"{sub.name}{CARD_SUFFIX}").is_file()
+    ]
+    order = {name: i for i, name in enumerate(list_models())}
+    return sorted(cards, key=lambda p: (order.get(p.stem, len(order)), p.stem))
+
+
 __all__ = [
     "CARD_SUFFIX",
     "FORMAT_VERSION",
@@ -539,6 +571,8 @@ __all__ = [
     "CropClass",
     "ModelCard",
     "ModelFileError",
+    "bundled_models",
+    "canonical_safetensors",
     "load_model",
     "model_paths",
     "read_card",

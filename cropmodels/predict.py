@@ -62,7 +62,7 @@ from .extract import (
     ParcelData,
     extract,
 )
-from .modelcard import CARD_SUFFIX, ModelCard, model_paths
+from .modelcard import ModelCard, model_paths
 from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
 from .stack import PAPER_BANDS, Stack, open_stack
 
@@ -80,7 +80,6 @@ STATUSES: tuple[str, ...] = (OK, PARTLY_OUTSIDE, OUTSIDE, TOO_SMALL, NO_CLEAR, I
 CLASSIFIED = USABLE
 """Statuses of parcels that get a class (``partly_outside``: from the part inside the stack)."""
 
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
 
 # Output fields (DESIGN section 3), in order; ``p_<class>`` fields go after ``margin``.
 CROP_CODE = "crop_code"
@@ -181,17 +180,13 @@ class PredictSummary:
 
 
 def bundled_models(folder: str | Path | None = None) -> dict[str, Path]:
-    """Bundled model cards by name: ``resources/models/<name>/<name>.json`` of the plugin.
+    """Bundled model cards by name (:func:`.modelcard.bundled_models`, in the registry's order).
 
     Empty when none are shipped; a folder whose card is missing is skipped.
     """
-    root = Path(folder) if folder is not None else BUNDLED_MODELS_DIR
-    found: dict[str, Path] = {}
-    if root.is_dir():
-        for card in sorted(root.glob(f"*/*{CARD_SUFFIX}")):
-            if card.stem == card.parent.name:
-                found[card.stem] = card
-    return found
+    from .modelcard import bundled_models as bundled_cards
+
+    return {card.stem: card for card in bundled_cards(folder)}
 
 
 def bundled_model_names(folder: str | Path | None = None) -> list[str]:

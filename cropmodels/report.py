@@ -161,8 +161,10 @@ def write_train_report(
     cv: CVResult | None,
     plan: LabelPlan,
     final_history: Sequence[Mapping[str, float]],
+    baselines: Mapping[str, CVResult] | None = None,
 ) -> Path:
-    """``<out>.report.md`` with the card's essentials, the CV metrics and figures beside it."""
+    """``<out>.report.md`` with the card's essentials, the CV metrics and figures beside it;
+    ``baselines`` (other models on the same folds) are compared with it."""
     out = Path(out)
     stem = out.name
     folder = out.parent
@@ -190,6 +192,9 @@ def write_train_report(
         + ".",
     ]
     lines += [f"- {note}" for note in plan.notes]
+    data = card.provenance.get("training_data")
+    if isinstance(data, Mapping) and data.get("description"):
+        lines += ["", str(data["description"])]
     if cv is not None:
         cfg = cv.config
         confusion = plot_confusion(
@@ -212,6 +217,25 @@ def write_train_report(
             "",
             f"![confusion matrix]({confusion.name})",
         ]
+        if baselines:
+            rows = [
+                [f"{card.architecture} (this model)", *(pm(cv.summary[m]) for m in SUMMARY_METRICS)]
+            ]
+            rows += [
+                [name, *(pm(b.summary.get(m)) for m in SUMMARY_METRICS)]
+                for name, b in baselines.items()
+            ]
+            lines += [
+                "",
+                "### Baselines on the same folds",
+                "",
+                table(["model", *(METRIC_TITLES[m] for m in SUMMARY_METRICS)], rows),
+            ]
+            lines += [
+                f"- {name}: {b.config.get('description', '')}".rstrip(": ")
+                for name, b in baselines.items()
+                if b.config.get("description")
+            ]
         histories = {f"fold {f['fold'] + 1}": f.get("history") or [] for f in cv.folds}
     else:
         histories = {}
@@ -224,7 +248,10 @@ def write_train_report(
         "## Shipped model",
         "",
         str(final.get("protocol", "")),
-        f"Best epoch {final.get('best_epoch')}, validation F-score {pct(final.get('val_fscore'))}.",
+        f"Trained for {final.get('epochs')} epochs on all kept parcels, without validation."
+        if final.get("final_fit") == "all"
+        else f"Best epoch {final.get('best_epoch')}, validation F-score "
+        f"{pct(final.get('val_fscore'))}.",
         "",
         f"![training curves]({curves.name})",
         "",

@@ -14,7 +14,8 @@ evaluated on the test fold. Here, concretely:
   trains on the other three (3:1:1). ``grouping="spatial"`` forms the parts from spatial blocks
   (``StratifiedGroupKFold`` on block ids, :func:`spatial_blocks`): neighbouring parcels share
   soil, weather and often farmer, so random folds put near-duplicates on both sides and inflate
-  the scores.
+  the scores. Grouped parts are then numbered so that no fold's training parts lack a class
+  that two large groups hold (:func:`_order_parts`).
 * **Normalisation** (:mod:`.normalise`): per date and channel, fitted on each fold's training
   part only; the shipped model's statistics go into its card.
 * **Selection**: the validation *F-score* (unweighted class average, the paper's ranking metric)
@@ -83,6 +84,7 @@ LOG = logging.getLogger(__name__)
 
 GROUPINGS = ("stratified", "spatial")
 UNKNOWN_HANDLING = ("error", "exclude", "other")
+FINAL_FITS = ("holdout", "all")
 OTHER_NAME = "Other"
 OTHER_COLOUR = "#b0b0b0"
 # tab20, for classes whose nomenclature gives no colour
@@ -116,6 +118,7 @@ class TrainConfig:
     grouping: str = "stratified"  # or "spatial" (needs groups, see spatial_blocks)
     block_size_m: float = 1000.0  # spatial block side, recorded for provenance
     merge_rare: bool = False  # classes with < n_folds members: merge into "Other" (else drop)
+    final_fit: str = "holdout"  # the shipped model: "holdout" or "all" (see train_model)
     unknown_codes: str = "error"  # codes outside the nomenclature: error, exclude or other
     shuffle_dates: bool = False  # the time-shuffle experiment (Table 4)
     per_date_normalisation: bool = True
@@ -155,6 +158,10 @@ class TrainConfig:
             )
         if self.block_size_m <= 0:
             raise ValueError(f"block_size_m must be > 0, not {self.block_size_m!r}")
+        if self.final_fit not in FINAL_FITS:
+            raise ValueError(
+                f"final_fit must be one of {', '.join(FINAL_FITS)}, not {self.final_fit!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -424,7 +431,38 @@ def assign_parts(
     empty = [k for k in range(n_folds) if not (parts == k).any()]
     if empty:
         raise ValueError(f"fold part(s) {empty} are empty: too few parcels for {n_folds} folds")
+    if groups is not None:
+        parts = _order_parts(parts, y, n_folds)
     return parts
+
+
+def _order_parts(parts: np.ndarray, y: np.ndarray, n_folds: int) -> np.ndarray:
+    """Renumber grouped parts so that every fold trains on as many samples of every class as
+    possible.
+
+    Fold k tests on part k and validates on part k+1, so two parts that hold most of a class
+    (a class with a few large groups) must not be neighbours in the cycle, or one fold trains
+    on almost none of it. Among all orders of the parts (up to 7 folds) the one whose sorted
+    (fold, class) training counts are lexicographically largest wins; ties keep the order
+    ``StratifiedGroupKFold`` gave. Which parcels share a part is unchanged.
+    """
+    if n_folds > 7:
+        return parts
+    classes = np.unique(y)
+    counts = np.array([[np.sum((parts == p) & (y == c)) for c in classes] for p in range(n_folds)])
+    total = counts.sum(axis=0)
+
+    def key(order: tuple[int, ...]) -> tuple[int, ...]:
+        # order[j] = the old part that becomes part j
+        ranked = counts[list(order)]
+        train = [total - ranked[k] - ranked[(k + 1) % n_folds] for k in range(n_folds)]
+        return tuple(sorted(np.concatenate(train).tolist()))
+
+    best = max(itertools.permutations(range(n_folds)), key=key)  # first maximum: stable
+    new = np.empty_like(parts)
+    for j, old in enumerate(best):
+        new[parts == old] = j
+    return new
 
 
 def fold_split(parts: np.ndarray, fold: int, n_folds: int) -> tuple[np.ndarray, ...]:
@@ -922,7 +960,8 @@ def train_one(
     """Train ``ctx.config.model`` for ``epochs`` epochs; keep the best-validation-F epoch.
 
     ``tag`` ("fold0", "final") names the checkpoint and derives the seeds. Rows are store rows,
-    ``y_*`` class indices aligned with them.
+    ``y_*`` class indices aligned with them. Without validation rows every epoch is trained and
+    the last one is kept (the refit on all data, whose epoch count the CV chose).
     """
     import torch
     from torch import nn
@@ -1004,25 +1043,31 @@ def train_one(
             seen += len(b_rows)
             ctx.progress.step(1, f"{label} epoch {epoch + 1}/{cfg.epochs}")
             check_cancelled(ctx.is_cancelled)
-        proba = _predict(ctx, model, norm, val_rows)
-        val_pred = proba.argmax(axis=1)
-        score = _macro_f(y_val, val_pred)
+        if len(val_rows):
+            proba = _predict(ctx, model, norm, val_rows)
+            val_pred = proba.argmax(axis=1)
+            score = _macro_f(y_val, val_pred)
+            val_accuracy = float((val_pred == y_val).mean())
+        else:
+            score = val_accuracy = math.nan
         record = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(seen, 1),
             "train_samples": seen,  # rows this process trained on (its share when distributed)
             "val_fscore": score,
-            "val_accuracy": float((val_pred == y_val).mean()),
+            "val_accuracy": val_accuracy,
         }
         history.append(record)
-        if score > best_score:
+        if score > best_score or (not len(val_rows) and epoch + 1 == cfg.epochs):
             best_score, best_epoch = score, epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         LOG.debug("%s epoch %d: %s", tag, epoch + 1, record)
         ctx.progress.step(
             0,
             f"{label} epoch {epoch + 1}/{cfg.epochs}: val F {score:.3f} (best {best_score:.3f} "
-            f"at epoch {best_epoch})",
+            f"at epoch {best_epoch})"
+            if len(val_rows)
+            else f"{label} epoch {epoch + 1}/{cfg.epochs} (no validation: all data)",
         )
         if ckpt_path is not None and ctx.main:
             _atomic_torch_save(
@@ -1304,25 +1349,48 @@ def train_model(
     groups: np.ndarray | None = None,
     class_map: ClassMap | None = None,
     report: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, CVResult] | None = None,
     progress: ProgressFn = no_progress,
     is_cancelled: CancelFn = never_cancelled,
 ) -> TrainResult:
     """Cross-validate ``config.model`` on ``store``, then train and save the shipped model.
 
     ``out`` is the model's stem: ``<out>.safetensors`` + ``<out>.json`` (card), and with
-    ``report`` ``<out>.report.md`` plus its PNG figures. The shipped model trains on every kept
-    parcel outside part 0 of the folds, part 0 choosing its epoch (module docstring).
+    ``report`` ``<out>.report.md`` plus its PNG figures. The shipped model
+    (``config.final_fit``):
+
+    * ``"holdout"``: trained on every kept parcel outside part 0 of the folds, part 0 choosing
+      its epoch (module docstring);
+    * ``"all"``: trained on every kept parcel for the median of the CV folds' best epochs, with
+      no validation part (for small data sets, where a fifth of the parcels held out costs
+      too much; needs ``cv``).
+
+    ``provenance`` entries are added to the card's provenance (how the training data was made,
+    its licence...); ``baselines`` (e.g. the Random Forest on the same folds) go into the
+    card's metrics and the report.
     """
+    from dataclasses import replace
+
     from .modelcard import ModelCard, model_paths, save_model
 
     out = Path(out)
     _, card_path = model_paths(out)
     card_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.final_fit == "all" and not cv:
+        raise ValueError(
+            "final_fit='all' trains for the cross-validation's median best epoch; run the "
+            "cross-validation (cv=True) or use final_fit='holdout'"
+        )
     experiment = Experiment.prepare(store, config, groups=groups, class_map=class_map)
     plan, parts = experiment.plan, experiment.parts
     folds = config.folds if config.folds is not None else list(range(config.n_folds))
-    final_train = np.flatnonzero(parts != 0)
-    final_val = np.flatnonzero(parts == 0)
+    if config.final_fit == "all":
+        final_train = np.arange(len(plan.rows))
+        final_val = np.zeros(0, dtype=np.int64)
+    else:
+        final_train = np.flatnonzero(parts != 0)
+        final_val = np.flatnonzero(parts == 0)
     units = _fold_units(len(final_train), config)
     if cv:
         units += sum(
@@ -1332,8 +1400,12 @@ def train_model(
     cv_result = None
     if cv:
         cv_result = cross_validate(experiment, config, is_cancelled=is_cancelled, _progress=tracker)
-    workdir = _run_dir(config, experiment, "final")
-    ctx = _make_context(experiment, config, tracker, is_cancelled, workdir)
+    final_config = config
+    if config.final_fit == "all":
+        best = [int(f["best_epoch"]) for f in cv_result.folds]
+        final_config = replace(config, epochs=max(1, math.floor(float(np.median(best)) + 0.5)))
+    workdir = _run_dir(final_config, experiment, "final")
+    ctx = _make_context(experiment, final_config, tracker, is_cancelled, workdir)
     seed_everything(config.seed)
     with deterministic(ctx.device):
         final = train_one(
@@ -1344,15 +1416,29 @@ def train_model(
     store_obj = experiment.store
     attrs = store_obj.attrs
     grid = card_date_grid(store_obj.season_days) if ctx.per_date else None
-    final_info = {
-        "protocol": (
+    cv_text = (
+        f"the metrics are those of the {config.n_folds}-fold cross-validation "
+        f"({config.grouping} folds, train:val:test 3:1:1), not of this model"
+    )
+    if config.final_fit == "all":
+        protocol = (
+            f"trained on all {len(final_train)} kept parcels for {final_config.epochs} epochs, "
+            f"the median of the cross-validation folds' best epochs "
+            f"({', '.join(str(f['best_epoch']) for f in cv_result.folds)}), with no "
+            f"validation part; {cv_text}"
+        )
+    else:
+        protocol = (
             f"trained on {len(final_train)} parcels (all kept parcels but fold part 0), epoch "
-            f"chosen by the best validation F-score on part 0 ({len(final_val)} parcels); the "
-            f"metrics are those of the {config.n_folds}-fold cross-validation "
-            f"({config.grouping} folds, train:val:test 3:1:1), not of this model"
-        ),
+            f"chosen by the best validation F-score on part 0 ({len(final_val)} parcels); "
+            f"{cv_text}"
+        )
+    final_info = {
+        "protocol": protocol,
+        "final_fit": config.final_fit,
         "n_train": len(final_train),
         "n_val": len(final_val),
+        "epochs": final_config.epochs,
         "best_epoch": final.best_epoch,
         "val_fscore": final.best_score,
     }
@@ -1367,6 +1453,16 @@ def train_model(
             "confusion_matrix": cv_result.confusion_matrix,
             "class_order": plan.class_names,
             "per_fold": [{k: f.get(k) for k in _CARD_FOLD_KEYS} for f in cv_result.folds],
+        }
+    if baselines:
+        metrics["baselines"] = {
+            name: {
+                "summary": result.summary,
+                "per_class_fscore": result.per_class,
+                "confusion_matrix": result.confusion_matrix,
+                "config": result.config,
+            }
+            for name, result in baselines.items()
         }
     provenance = {
         "store": str(store_obj.path),
@@ -1386,6 +1482,7 @@ def train_model(
         ),
         "training": config.to_dict(),
         "code": _versions(),
+        **dict(provenance or {}),
     }
     card = ModelCard(
         name=config.name or f"{config.model}_{Path(store_obj.path).stem}",
@@ -1407,7 +1504,9 @@ def train_model(
         if report:
             from .report import write_train_report
 
-            report_path = write_train_report(out, card, cv_result, plan, final.history)
+            report_path = write_train_report(
+                out, card, cv_result, plan, final.history, baselines=baselines
+            )
     distributed.barrier(ctx.dist)
     return TrainResult(card, cv_result, out, report_path, workdir, plan, final.history)
 
@@ -1418,10 +1517,35 @@ def _versions() -> dict[str, str]:
 
     return {
         "cropmodels": __version__,
+        **_git_revision(),
         "torch": torch.__version__,
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
     }
+
+
+@functools.cache
+def _git_revision() -> dict[str, str]:
+    """The commit of the source checkout cropmodels runs from, ``-dirty`` when the training code
+    (``cropmodels/``, ``scripts/``) has uncommitted changes; empty outside a git checkout (an
+    installed plugin). Read once per process, so files a run writes cannot mark it dirty."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "cropmodels", "scripts")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit + ("-dirty" if dirty else "")}
 
 
 # -- inference on a store (shared with evaluate) -------------------------------------------------

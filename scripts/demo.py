@@ -3,9 +3,8 @@
 Real QGIS through ``qgis_process``: the plugin is unpacked into a profile under build/, enabled,
 listed, and its provider's algorithms are shown and run. The core's command line rebuilds
 Table 1 and extracts the bundled real Sentinel-2 sample into a store. Then the main job:
-``qgis_process run cropclassifier:classify_parcels`` classifies the sample's parcels (with a
-bundled model, or, while none is bundled, with a small GRU trained on the sample first, which
-the output says), and QGIS renders the result over a true-colour date to
+``qgis_process run cropclassifier:classify_parcels`` classifies the sample's parcels with the
+recommended bundled model, and QGIS renders the result over a true-colour date to
 ``build/demo/classified_map.png`` (copied to ``docs/classified_map.png`` for the README).
 """
 
@@ -32,16 +31,6 @@ PROVIDER_ID = "cropclassifier"
 DEMO = ROOT / "build" / "demo"
 DOCS_MAP = ROOT / "docs" / "classified_map.png"
 MAP_DATE = "20180723"  # clear over the whole sample (see its README)
-# The sample's crops (names from its WorldCereal legend) and map colours, for the model trained
-# here while no model is bundled.
-DEMO_CLASSES = {
-    9120: ("Permanent grass crops", "#4daf4a"),
-    1200: ("Maize", "#ffd92f"),
-    7900: ("Other leguminous crops", "#984ea3"),
-    2130: ("Cabbages", "#1b9e77"),
-    5100: ("Potatoes", "#a65628"),
-}
-DEMO_EPOCHS = 30
 
 
 def step(title: str) -> None:
@@ -95,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     core(["extract", "--parcels", str(SAMPLE / "parcels.gpkg"), "--stack", str(SAMPLE / "stack"),
           "--out", str(store), "--label-field", "crop_code", "--id-field", "parcel_id",
           "--overwrite", "--quiet"])  # fmt: skip
-    model, trained_note = demo_model(store)
+    model, trained_note = demo_model()
 
     step(f"qgis_process run {PROVIDER_ID}:classify_parcels on the sample")
     DEMO.mkdir(parents=True, exist_ok=True)
@@ -135,33 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def demo_model(store: Path) -> tuple[str, str]:
-    """The model to classify with: the recommended bundled model, or, while none is bundled,
-    a small GRU trained here on the sample (said so: it has seen these parcels)."""
+def demo_model() -> tuple[str, str]:
+    """The recommended bundled model (best cross-validated F-score in its card)."""
     sys.path.insert(0, str(ROOT))
     from cropmodels.predict import bundled_model_names
 
     names = bundled_model_names()
-    if names:
-        step(f"Model: the bundled model {names[0]!r} (bundled: {', '.join(names)})")
-        return names[0], f"Model: bundled {names[0]}."
-    step(f"No model is bundled yet: training a small GRU on the sample first ({DEMO_EPOCHS} "
-         "epochs, CPU)")  # fmt: skip
-    print("It learns from 2/3 of these 18 parcels and picks its epoch on the rest, so the map "
+    if not names:
+        raise SystemExit("no bundled model in resources/models: run 'make models' first")
+    step(f"Model: the bundled model {names[0]!r} (bundled: {', '.join(names)})")
+    print("The bundled models were trained on sub-parcels of these 18 parcels, so the map "
           "below shows the pipeline at work, not an accuracy: the parcels are not new to "
-          "it.")  # fmt: skip
-    DEMO.mkdir(parents=True, exist_ok=True)
-    classes = DEMO / "classes.csv"
-    classes.write_text("source_code,code,name,colour\n" + "".join(
-        f"{code},{code},{name},{colour}\n" for code, (name, colour) in DEMO_CLASSES.items()
-    ), encoding="utf-8")  # fmt: skip
-    stem = DEMO / "gru_flanders_demo"
-    core(["train", "--store", str(store), "--model", "gru", "--out", str(stem),
-          "--name", "gru_flanders_demo", "--epochs", str(DEMO_EPOCHS), "--folds", "3",
-          "--merge-rare", "--no-cv", "--class-map", str(classes), "--device", "auto",
-          "--workdir", str(DEMO / "gru_flanders_demo.work"), "--quiet"])  # fmt: skip
-    return str(stem.with_suffix(".json")), (
-        "Model: a GRU trained by the demo on this sample (it has seen these parcels)."
+          "them.")  # fmt: skip
+    return names[0], (
+        f"Model: bundled {names[0]}, trained on sub-parcels of these parcels (not new to it)."
     )
 
 

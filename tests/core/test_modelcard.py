@@ -135,6 +135,29 @@ def test_weights_file_is_safetensors_not_pickle(tmp_path):
     assert header["temporal.weight_ih_l0"]["shape"] == [468, 20]
 
 
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in hash-map order, different from call to call; the
+    header is sorted so that retraining reproduces the file (and its sha256) exactly."""
+    from safetensors.torch import load
+
+    torch.manual_seed(0)
+    model = get_model("gru").eval()
+    files = set()
+    for i in range(8):  # 3 metadata keys: 6 orders, all but surely met in 8 saves unsorted
+        (tmp_path / str(i)).mkdir()
+        save_model(model, make_card("gru"), tmp_path / str(i) / "model")
+        files.add((tmp_path / str(i) / "model.safetensors").read_bytes())
+    assert len(files) == 1
+    (data,) = files
+    (size,) = struct.unpack("<Q", data[:8])
+    assert size % 8 == 0
+    text = data[8 : 8 + size].decode().rstrip()
+    assert text.startswith('{"__metadata__":{"architecture":"gru","card":"model.json",')
+    tensors = load(data)
+    for key, value in model.state_dict().items():
+        assert torch.equal(tensors[key], value)
+
+
 def test_load_never_unpickles(tmp_path, monkeypatch):
     saved(tmp_path)
 

@@ -183,6 +183,90 @@ def test_same_seed_same_metrics_and_different_seed_differs(small):
     assert a["history"] != c["history"]
 
 
+def test_retraining_gives_identical_weights_and_another_seed_does_not(small, tmp_path):
+    """The bundled models' promise: same seed, same data, same thread count -> the same bytes."""
+    import hashlib
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        digests = {}
+        for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+            config = TrainConfig(model="gru", epochs=3, seed=seed)
+            train_model(small, config, tmp_path / run / "gru", cv=False, report=False)
+            data = (tmp_path / run / "gru.safetensors").read_bytes()
+            digests[run] = hashlib.sha256(data).hexdigest()
+    finally:
+        torch.set_num_threads(threads)
+    assert digests["a"] == digests["b"]
+    assert digests["a"] != digests["c"]
+
+
+def test_final_fit_all_trains_on_every_parcel_for_the_median_best_epoch(small, tmp_path):
+    from cropmodels.evaluate import CVResult
+
+    baseline = CVResult(
+        name="random_forest", classes=["peak 1", "peak 2", "peak 3"],
+        folds=[{"overall_accuracy": 0.5, "fscore": 0.4, "precision": 0.4, "recall": 0.4,
+                "per_class_fscore": [0.4, 0.4, 0.4], "confusion_matrix": np.eye(3).tolist()}],
+        config={"description": "a stand-in baseline"},
+    )  # fmt: skip
+    config = TrainConfig(model="gru", epochs=4, final_fit="all")
+    result = train_model(
+        small, config, tmp_path / "gru", provenance={"training_data": {"description": "Made up."}},
+        baselines={"random_forest": baseline},
+    )  # fmt: skip
+    card = result.card
+    best = sorted(f["best_epoch"] for f in result.cv.folds)
+    final = card.metrics["final_model"]
+    assert final["final_fit"] == "all"
+    assert final["n_train"] == len(result.plan.rows) == 60
+    assert final["n_val"] == 0
+    assert final["epochs"] == best[2] == final["best_epoch"]  # the median of 5 folds
+    assert final["val_fscore"] is None
+    assert len(result.history) == best[2]
+    assert "median of the cross-validation folds' best epochs" in final["protocol"]
+    assert card.provenance["training_data"] == {"description": "Made up."}
+    assert card.provenance["label_field"] == "crop"  # the standard entries are still there
+    assert card.metrics["baselines"]["random_forest"]["summary"]["fscore"]["mean"] == 0.4
+    report = (tmp_path / "gru.report.md").read_text(encoding="utf-8")
+    assert "Baselines on the same folds" in report
+    assert "| random_forest | 50.0 ± 0.0 | 40.0 ± 0.0" in report
+    assert "a stand-in baseline" in report
+    assert "Made up." in report
+    assert f"Trained for {best[2]} epochs on all kept parcels" in report
+    with pytest.raises(ValueError, match="final_fit='all'"):
+        train_model(small, config, tmp_path / "x", cv=False)
+    with pytest.raises(ValueError, match="final_fit must be one of holdout, all"):
+        TrainConfig(final_fit="everything")
+
+
+def test_grouped_parts_keep_every_class_in_every_training_set():
+    """Two large groups hold most of class 0: numbered as neighbours (k, k+1), one fold would
+    test on one and validate on the other, training on almost none of the class."""
+    y = np.array([0] * 30 + [0] * 28 + [0, 0] + [1] * 40)
+    groups = np.array([0] * 30 + [1] * 28 + [2, 3] + list(np.repeat(np.arange(4, 14), 4)))
+    for seed in range(6):
+        parts = assign_parts(y, 5, seed=seed, groups=groups)
+        for g in np.unique(groups):
+            assert len(np.unique(parts[groups == g])) == 1
+        for k in range(5):
+            train, _, test = fold_split(parts, k, 5)
+            assert (y[train] == 0).sum() >= 2, (seed, k)
+            assert len(test)
+        big = parts[0], parts[30]
+        assert (big[0] - big[1]) % 5 not in (1, 4)  # not neighbours in the 3:1:1 cycle
+    # ungrouped parts are left as StratifiedKFold made them
+    from sklearn.model_selection import StratifiedKFold
+
+    plain = assign_parts(y, 5, seed=0)
+    splitter = StratifiedKFold(5, shuffle=True, random_state=0)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        assert np.all(plain[test] == k)
+
+
 def test_interrupted_run_resumes_to_the_same_result(small, tmp_path):
     base = TrainConfig(model="gru", epochs=3, folds=[0])
     reference = cross_validate(Experiment.prepare(small, base), base).folds[0]

@@ -147,10 +147,16 @@ def test_evaluate_models_scores_each_model(provider, trained, sample_model, tmp_
     assert page.count('src="data:image/png;base64,') == 2
 
 
-def test_evaluate_models_needs_a_model(provider, tmp_path):
-    with pytest.raises(QgsProcessingException, match="No model to evaluate"):
-        run("evaluate_models", {"PARCELS": str(PARCELS), "LABEL_FIELD": "crop_code",
-                                "STACK": str(STACK), "OUTPUT": "TEMPORARY_OUTPUT"})  # fmt: skip
+def test_evaluate_models_without_a_choice_scores_every_bundled_model(provider, tmp_path):
+    from parcel_crop_classifier.cropmodels.predict import bundled_model_names
+
+    bundled = bundled_model_names()
+    assert bundled  # the plugin ships trained models
+    out = run("evaluate_models", {"PARCELS": str(PARCELS), "LABEL_FIELD": "crop_code",
+                                  "STACK": str(STACK), "DEVICE": "cpu",
+                                  "OUTPUT": "TEMPORARY_OUTPUT"})  # fmt: skip
+    table = out["OUTPUT"]
+    assert table.featureCount() == len(bundled)
 
 
 def test_cards_are_json(trained):
