@@ -87,6 +87,27 @@ def test_one_row_per_model_sortable_and_the_card(panel):
     assert "gru_flanders_test" in panel.card_view.toPlainText()
 
 
+def test_the_plugin_entry_opens_the_dock_and_unload_removes_it(
+    qgis_iface, monkeypatch, user_folder
+):
+    import parcel_crop_classifier
+    from parcel_crop_classifier.plugin import panel as panel_module
+
+    monkeypatch.setattr(panel_module, "user_models_folder", lambda create=True: user_folder)
+    plugin = parcel_crop_classifier.classFactory(qgis_iface)
+    plugin.initGui()
+    action = next(a for a in plugin.actions if a.objectName() == "ParcelCropClassifierCompare")
+    action.trigger()
+    dock = plugin.panel
+    assert dock is not None
+    assert dock.objectName() == "ParcelCropClassifierComparePanel"
+    assert dock.table.rowCount() >= 2
+    action.trigger()  # again: the same dock, refreshed
+    assert plugin.panel is dock
+    plugin.unload()
+    assert plugin.panel is None
+
+
 def panel_columns():
     from parcel_crop_classifier.cropmodels.compare import COLUMNS
 
