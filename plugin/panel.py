@@ -448,6 +448,10 @@ class ComparePanel(QgsDockWidget):
             }
         return {}
 
+    def _per_class_source(self, path: str) -> str:
+        cv = compare.cross_validation(self.cards[path]).get("per_class_fscore")
+        return "CV" if cv else tr("layer")
+
     def _layer_metrics(self, path: str) -> dict[str, Any] | None:
         if self.comparison is None:
             return None
@@ -459,7 +463,9 @@ class ComparePanel(QgsDockWidget):
         if not paths:
             self._message(ax, tr("Per-class F-score not known for the selected models"))
             return
-        series = {self.cards[p].name: self._per_class(p) for p in paths}
+        series = {
+            f"{self.cards[p].name} ({self._per_class_source(p)})": self._per_class(p) for p in paths
+        }
         classes = list(dict.fromkeys(c for s in series.values() for c in s))
         width = 0.8 / len(series)
         x = np.arange(len(classes))
