@@ -68,11 +68,22 @@ def panel(qgis_iface, user_folder, tmp_path):
     widget.deleteLater()
 
 
-def test_the_user_folder_is_in_the_profile(qgis_app):
-    folder = user_models_folder()
-    assert folder.is_dir()
+def test_the_user_folder_is_in_the_profile_and_made_on_demand(qgis_app, monkeypatch, tmp_path):
+    from parcel_crop_classifier.plugin import panel as panel_module
+
+    folder = user_models_folder(create=False)
     assert folder.parts[-2:] == ("parcel_crop_classifier", "models")
-    assert str(folder).startswith(str(Path(QgsApplication.qgisSettingsDirPath())))
+    assert folder.parent.parent == Path(QgsApplication.qgisSettingsDirPath())
+
+    class Profile:
+        @staticmethod
+        def qgisSettingsDirPath() -> str:
+            return str(tmp_path / "profile")
+
+    monkeypatch.setattr(panel_module, "QgsApplication", Profile)
+    made = user_models_folder()
+    assert made == tmp_path / "profile" / "parcel_crop_classifier" / "models"
+    assert made.is_dir()
 
 
 def test_one_row_per_model_sortable_and_the_card(panel):
