@@ -384,7 +384,9 @@ class ComparePanel(QgsDockWidget):
     # -- speed --------------------------------------------------------------------------------
 
     def measure_selected(self, device: str = "cpu") -> None:
-        """Measure the selected models (seconds each; the UI waits with a busy cursor)."""
+        """Measure the selected models (seconds each). In the foreground on purpose, the UI
+        waiting with a busy cursor: a comparison or redraw running meanwhile would slow the
+        timed passes."""
         from qgis.PyQt.QtWidgets import QApplication
 
         QApplication.setOverrideCursor(Qt.WaitCursor)
