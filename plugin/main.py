@@ -70,6 +70,7 @@ class CropClassifierPlugin:
         # checks for torch, and also under qgis_process (no initGui there).
         deps_check.activate()
         self.dependencies = None  # DependencyUi, with the GUI
+        self.panel = None  # ComparePanel, created on first use
 
     # -- Processing -------------------------------------------------------------------------
 
@@ -95,6 +96,12 @@ class CropClassifierPlugin:
             tr("Diagnostics…"),
             self.show_diagnostics,
             tip=tr("Show the versions, missing packages and the device (GPU/CPU) in use"),
+        )
+        self.add_action(
+            "ParcelCropClassifierCompare",
+            tr("Compare models…"),
+            self.show_compare_panel,
+            tip=tr("Compare the bundled and your trained models (accuracy, speed, on a layer)"),
         )
         self._add_layer_action()
         from .dependency_ui import DependencyUi
@@ -158,9 +165,28 @@ class CropClassifierPlugin:
         if self.dependencies is not None:
             self.dependencies.show_diagnostics()
 
+    def show_compare_panel(self) -> None:
+        """The model comparison dock (DESIGN section 5), docked on the right."""
+        if self.panel is None:
+            from qgis.PyQt.QtCore import Qt
+
+            from .panel import ComparePanel
+
+            self.panel = ComparePanel(self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.panel)
+        else:
+            self.panel.refresh()
+        self.panel.show()
+        self.panel.raise_()
+
     # -- Teardown ---------------------------------------------------------------------------
 
     def unload(self) -> None:
+        if self.panel is not None:
+            self.panel.cancel_compare()
+            self.iface.removeDockWidget(self.panel)
+            self.panel.deleteLater()
+            self.panel = None
         if self.dependencies is not None:
             self.dependencies.unload()
             self.dependencies = None

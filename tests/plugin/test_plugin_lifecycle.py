@@ -65,11 +65,13 @@ def test_gui_round_trip_leaves_nothing_behind(qgis_iface):
     assert {a.objectName() for a in actions} == {
         "ParcelCropClassifierClassify",
         "ParcelCropClassifierDiagnostics",
+        "ParcelCropClassifierCompare",
         "ParcelCropClassifierClassifyLayer",  # the Layers panel's context menu, not the toolbar
     }
     assert [a.objectName() for a in plugin.toolbar.actions()] == [
         "ParcelCropClassifierClassify",
         "ParcelCropClassifierDiagnostics",
+        "ParcelCropClassifierCompare",
     ]
 
     plugin.unload()
