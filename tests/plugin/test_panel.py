@@ -190,7 +190,6 @@ def test_compare_on_the_real_sample_gives_a_disagreement_layer(panel, tmp_path):
     panel.tabs.setCurrentIndex(1)
     panel.chart_choice.setCurrentIndex(0)
     assert len(panel.figure.axes[0].patches) == 6
-    screenshot(panel, tmp_path)
 
 
 def test_compare_can_be_cancelled(panel):
@@ -201,6 +200,29 @@ def test_compare_can_be_cancelled(panel):
     assert panel.comparison is None
     assert panel.compare_button.isEnabled()
     assert "cancel" in panel.compare_summary.text().lower()
+
+
+def test_the_bundled_models_are_listed_with_their_cross_validated_metrics(qgis_iface, tmp_path):
+    from parcel_crop_classifier.cropmodels.predict import bundled_models
+
+    bundled = bundled_models()
+    # the plugin's own bundled folder, an empty user folder
+    widget = ComparePanel(user_folder=tmp_path / "user_models")
+    widget.resize(1100, 800)
+    widget.show()
+    try:
+        rows = [r for r in widget.rows if r["source"] == "bundled"]
+        assert sorted(r["name"] for r in rows) == sorted(bundled)
+        assert all(0 < r["overall_accuracy"] <= 1 and r["fscore_std"] >= 0 for r in rows)
+        widget.select_paths([r["path"] for r in rows])
+        widget.tabs.setCurrentIndex(1)
+        widget.chart_choice.setCurrentIndex(0)  # per-class F-score, Table 3 as bars
+        n_classes = 3  # maize, leguminous crops, permanent grass
+        assert len(widget.figure.axes[0].patches) == len(rows) * n_classes
+        screenshot(widget, tmp_path)
+    finally:
+        widget.close()
+        widget.deleteLater()
 
 
 def screenshot(panel, tmp_path: Path) -> Path:
