@@ -130,6 +130,45 @@ def _run_blocks(
             client.cancel(leftover)
 
 
+def _on_cluster(
+    parcels: Any,
+    stack: str | Path,
+    scheduler: Any,
+    task: Any,
+    extra: tuple[Any, ...],
+    *,
+    scatter: tuple[Any, ...] = (),
+    count: Any = len,
+    block_px: int,
+    in_flight: int,
+    progress: ProgressFn,
+    is_cancelled: CancelFn,
+) -> Iterator[Any]:
+    """``task(block, stack_source, positions, *scattered, *extra)`` for every spatial block of
+    ``parcels``, on the cluster; yields each task's result as it finishes. ``scatter``: objects
+    sent to every worker once; ``count(result)``: parcels in a result, for ``progress``."""
+    stack_source = str(stack)
+    gdf = read_parcels(parcels)
+    parts = blocks(gdf, open_stack(stack_source), block_px)
+    client, own = _client(scheduler)
+    try:
+        LOG.info("%d parcels in %d blocks on a dask cluster", len(gdf), len(parts))
+        shared = [client.scatter(item, broadcast=True) for item in scatter]
+
+        def submit(block: Any, positions: np.ndarray) -> Any:
+            return client.submit(task, block, stack_source, positions, *shared, *extra,
+                                 pure=False)  # fmt: skip
+
+        done = 0
+        for result in _run_blocks(client, gdf, parts, submit, in_flight, is_cancelled):
+            yield result
+            done += count(result)
+            progress(done / max(len(gdf), 1), f"{done} of {len(gdf)} parcels")
+    finally:
+        if own:
+            client.close()
+
+
 def extract_on_cluster(
     parcels: Any,
     stack: str | Path,
@@ -145,27 +184,11 @@ def extract_on_cluster(
 
     ``scheduler``: the scheduler's address (``tcp://host:8786``) or a ``distributed.Client``.
     """
-    config = config or ExtractConfig()
-    stack_source = str(stack)
-    gdf = read_parcels(parcels)
-    parts = blocks(gdf, open_stack(stack_source), block_px)
-    client, own = _client(scheduler)
-    try:
-        LOG.info("%d parcels in %d blocks on a dask cluster", len(gdf), len(parts))
-
-        def submit(block: Any, positions: np.ndarray) -> Any:
-            return client.submit(_extract_block, block, stack_source, positions, config,
-                                 pure=False)  # fmt: skip
-
-        done = 0
-        for results in _run_blocks(client, gdf, parts, submit, in_flight, is_cancelled):
-            for data in results:
-                done += 1
-                yield data
-            progress(done / max(len(gdf), 1), f"{done} of {len(gdf)} parcels")
-    finally:
-        if own:
-            client.close()
+    for results in _on_cluster(
+        parcels, stack, scheduler, _extract_block, (config or ExtractConfig(),),
+        block_px=block_px, in_flight=in_flight, progress=progress, is_cancelled=is_cancelled,
+    ):  # fmt: skip
+        yield from results
 
 
 def classify_on_cluster(
@@ -186,30 +209,15 @@ def classify_on_cluster(
     once. ``summary`` (a :class:`~.predict.PredictSummary`) receives the merged counts."""
     from .predict import PredictConfig
 
-    config = config or PredictConfig()
-    stack_source = str(stack)
-    gdf = read_parcels(parcels)
-    parts = blocks(gdf, open_stack(stack_source), block_px)
-    client, own = _client(scheduler)
-    try:
-        LOG.info("%d parcels in %d blocks on a dask cluster", len(gdf), len(parts))
-        shared = client.scatter(classifier, broadcast=True)
-
-        def submit(block: Any, positions: np.ndarray) -> Any:
-            return client.submit(_classify_block, block, stack_source, positions, shared, config,
-                                 pure=False)  # fmt: skip
-
-        done = 0
-        for predictions, part in _run_blocks(client, gdf, parts, submit, in_flight, is_cancelled):
-            if summary is not None:
-                for prediction in predictions:
-                    summary.add(prediction)
-                summary.device = summary.device or part.device
-                summary.batch_size = max(summary.batch_size, part.batch_size)
-                summary.notes.extend(n for n in part.notes if n not in summary.notes)
-            done += len(predictions)
-            yield from predictions
-            progress(done / max(len(gdf), 1), f"{done} of {len(gdf)} parcels")
-    finally:
-        if own:
-            client.close()
+    for predictions, part in _on_cluster(
+        parcels, stack, scheduler, _classify_block, (config or PredictConfig(),),
+        scatter=(classifier,), count=lambda result: len(result[0]), block_px=block_px,
+        in_flight=in_flight, progress=progress, is_cancelled=is_cancelled,
+    ):  # fmt: skip
+        if summary is not None:
+            for prediction in predictions:
+                summary.add(prediction)
+            summary.device = summary.device or part.device
+            summary.batch_size = max(summary.batch_size, part.batch_size)
+            summary.notes.extend(n for n in part.notes if n not in summary.notes)
+        yield from predictions

@@ -237,6 +237,14 @@ def run_with_cpu_fallback(
     return fn(cpu), cpu
 
 
+def working_device(spec: str | None = "auto") -> torch.device:
+    """:func:`choose_device`, then :func:`check_device_works`, logged: the device a run uses.
+    ValueError when a GPU is asked for that torch cannot use."""
+    choice = check_device_works(choose_device(spec))
+    LOG.info("device %s: %s", choice.device, choice.reason)
+    return choice.device
+
+
 def check_device_works(choice: DeviceChoice, *, notify: Notify | None = None) -> DeviceChoice:
     """``choice`` if a small convolution and matrix product run on it, else the CPU.
 

@@ -728,14 +728,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     """The device for ``device`` (auto, cpu, cuda, cuda:N; :func:`.device.choose_device`), after
     a test computation: a GPU this torch build cannot run falls back to the CPU with a warning.
     An unavailable CUDA asked for by name is a :class:`PredictError` saying what to do."""
-    from .device import check_device_works, choose_device
+    from .device import working_device
 
     try:
-        choice = check_device_works(choose_device(device))
+        return working_device(device)
     except ValueError as exc:
         raise PredictError(f"{str(exc)[:1].upper()}{str(exc)[1:]}") from None
-    LOG.info("device %s", choice)
-    return choice.device
 
 
 class Classifier:

@@ -65,7 +65,7 @@ import numpy as np
 
 from . import __version__, distributed
 from .architectures import FEATURES, PATCHES, get_spec
-from .device import OomBackoff, check_device_works, choose_device, run_with_cpu_fallback
+from .device import OomBackoff, choose_device, run_with_cpu_fallback, working_device
 from .distributed import DistInfo, gather_rows, share
 from .evaluate import CVResult, fold_metrics, json_safe
 from .modelcard import CropClass
@@ -552,14 +552,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     """The torch device for ``auto``/``cpu``/``cuda``/``cuda:N`` (see :mod:`.device`, which
     also says why; ValueError when a GPU is asked for that torch cannot use)."""
     choice = choose_device(device)
-    LOG.info("device %s: %s", choice.device, choice.reason)
-    return choice.device
-
-
-def _working_device(device: str) -> torch.device:
-    """:func:`resolve_device`, then a test computation: a GPU that cannot run this build's
-    kernels falls back to the CPU with a warning instead of failing the first batch."""
-    choice = check_device_works(choose_device(device))
     LOG.info("device %s: %s", choice.device, choice.reason)
     return choice.device
 
@@ -1194,7 +1186,7 @@ def _make_context(
         store=store,
         data=data,
         config=config,
-        device=distributed.device_for(dist, _working_device(config.device)),
+        device=distributed.device_for(dist, working_device(config.device)),
         n_classes=len(experiment.plan.classes),
         per_date=per_date,
         doy=np.asarray(store.season_days, dtype=np.int64),
