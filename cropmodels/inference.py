@@ -7,6 +7,9 @@ mode (logits equal to float rounding, tested for every architecture) with less w
   BatchNorm (an affine map per channel in eval mode) is folded into the convolution's weights and
   bias, and ReLU, which commutes with max, runs on the pooled map (4x fewer values);
 - convolution weights in channels-last memory order, which oneDNN runs faster on CPUs;
+- on a CPU, the per-date convolutional encoder run over cache-sized chunks of images
+  (:class:`ChunkedEncoder`): the largest single gain, as the first convolution's output otherwise
+  goes to memory and back before pooling;
 - ``torch.nn.GRU`` replaced by :class:`InferenceGRU`: the input projections of all dates in one
   matrix product, then only the small hidden-state product per date. PyTorch's CPU GRU launches
   several kernels per date and, measured on the benchmark machine, spent 16 times longer on the
@@ -106,6 +109,35 @@ def _fold_block(block: nn.Sequential) -> nn.Sequential | None:
     return nn.Sequential(fused, copy.deepcopy(pool), nn.ReLU(inplace=True))
 
 
+class ChunkedEncoder(nn.Module):
+    """Runs a per-image ``encoder`` over a large batch of images a cache-sized chunk at a time.
+
+    Same output, entry for entry: every image is encoded independently (eval mode). On a CPU the
+    first convolution's output for a whole batch (about 350 MB for 256 parcels x 24 dates in
+    ``cnn_gru9``) leaves the cache between the convolution and the pooling that follows it;
+    chunks of about :attr:`CHUNK_BYTES` of input keep it there. Measured on the benchmark
+    machine: the ``cnn_gru9`` encoder 2.9 times faster on one thread, 5.5 on two.
+    """
+
+    CHUNK_BYTES = 2_621_440  # 64 images of 10 x 32 x 32 float32
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_image = x[0].numel() * x.element_size() if x.shape[0] else 1
+        chunk = max(1, self.CHUNK_BYTES // per_image)
+        if x.shape[0] <= chunk:
+            return self.encoder(x)
+        first = self.encoder(x[:chunk])
+        out = first.new_empty((x.shape[0], *first.shape[1:]))
+        out[:chunk] = first
+        for start in range(chunk, x.shape[0], chunk):
+            out[start : start + chunk] = self.encoder(x[start : start + chunk])
+        return out
+
+
 def _rewrite(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         replacement: nn.Module | None = None
@@ -132,5 +164,8 @@ def for_inference(model: nn.Module, device: Any = None) -> nn.Module:
         fast = fast.to(device)
     dev = next(fast.parameters()).device
     if dev.type == "cpu":
+        spatial = getattr(fast, "spatial", None)
+        if isinstance(spatial, nn.Sequential):  # conv_encoder: images encoded independently
+            fast.spatial = ChunkedEncoder(spatial)
         fast = fast.to(memory_format=torch.channels_last)
     return fast

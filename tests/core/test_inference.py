@@ -1,5 +1,6 @@
-"""The inference rewrite (folded BatchNorm, pool before ReLU, channels-last, InferenceGRU)
-computes the same logits as the trained model, for every architecture and date mask."""
+"""The inference rewrite (folded BatchNorm, pool before ReLU, channels-last, chunked encoder,
+InferenceGRU) computes the same logits as the trained model, for every architecture and date
+mask."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from cropmodels.architectures import FEATURES, get_model, get_spec, list_models
-from cropmodels.inference import InferenceGRU, for_inference
+from cropmodels.inference import ChunkedEncoder, InferenceGRU, for_inference
 
 
 def _trained_like(name: str) -> nn.Module:
@@ -38,7 +39,10 @@ def _inputs(name: str, batch: int = 6, steps: int = 9):
 
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("holes", [False, True])
-def test_same_logits_as_the_model(name, holes):
+@pytest.mark.parametrize("chunk_images", [None, 7])
+def test_same_logits_as_the_model(name, holes, chunk_images, monkeypatch):
+    if chunk_images:  # the encoder's chunks end mid-parcel and the last one is partial
+        monkeypatch.setattr(ChunkedEncoder, "CHUNK_BYTES", chunk_images * 10 * 32 * 32 * 4)
     model = _trained_like(name)
     fast = for_inference(model)
     x, pixel_mask, doy = _inputs(name)
@@ -67,6 +71,7 @@ def test_rewrite_folds_batchnorm_and_replaces_the_gru():
     assert nn.BatchNorm2d not in kinds
     assert nn.GRU not in kinds
     assert InferenceGRU in kinds
+    assert isinstance(fast.spatial, ChunkedEncoder)
     assert all(not p.requires_grad for p in fast.parameters())
 
 
