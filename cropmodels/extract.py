@@ -48,7 +48,6 @@ import logging
 import math
 import os
 import threading
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +56,10 @@ from typing import Any
 import numpy as np
 
 from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
+from .rasterize import polygon_mask
 from .stack import PAPER_BANDS, Stack, StackError, open_stack
 
 LOG = logging.getLogger(__name__)
-
-# rasterio's in-memory rasterisation target warns that it has no transform before it sets one.
-warnings.filterwarnings(
-    "ignore", message="Dataset has no geotransform", module=r"rasterio\.features"
-)
 
 N_BANDS = len(PAPER_BANDS)
 N_FEATURES = 2 * N_BANDS
@@ -89,7 +84,7 @@ USABLE = frozenset({OK, PARTLY_OUTSIDE})
 MIN_TAIL_ROWS = 64
 # GDAL's block cache while reading chunks of whole blocks (each block decoded once).
 ALIGNED_GDAL_CACHE_MB = 64
-PARCELS_IN_FLIGHT = 32  # parcels rasterised together, and at most per processing group
+PARCELS_IN_FLIGHT = 32  # at most per processing group
 # Bound on the float32 values a processing group holds at once (its stacked windows twice, the
 # rows resized, the patches): 16 MB each, about 64 MB per group in flight; groups of more were
 # no faster.
@@ -159,12 +154,6 @@ class _Job:
     partly_outside: bool
     repaired: bool
     centroid: tuple[float, float] | None = None
-
-    @functools.cached_property
-    def shape(self) -> Any:
-        """GeoJSON mapping of the geometry, built once for the label and count rasters (a
-        shapely geometry is converted on every rasterisation, slowly)."""
-        return self.geometry.__geo_interface__
 
 
 @dataclass
@@ -504,27 +493,11 @@ class _Extractor:
         list(self.pool.map(one, range(t_count)))
         return _Chunk(row0, row1, values, clear)
 
-    def rasterize(
-        self, jobs: list[_Job], row0: int, row1: int, col0: int, col1: int, count: bool = False
-    ) -> np.ndarray:
-        """Label raster of ``jobs`` (1-based positions) on rows/cols [row0, row1) x [col0, col1).
-
-        Pixel centres inside a polygon, as everywhere here. With ``count``, the number of
-        polygons covering each pixel instead (to find overlapping parcels).
-        """
-        from rasterio import features
-        from rasterio.enums import MergeAlg
-        from rasterio.transform import from_origin
-
-        grid = self.stack.grid.transform
-        return features.rasterize(
-            [(job.shape, 1 if count else k + 1) for k, job in enumerate(jobs)],
-            out_shape=(row1 - row0, col1 - col0),
-            transform=from_origin(grid.c + col0 * grid.a, grid.f + row0 * grid.e, grid.a, -grid.e),
-            fill=0,
-            dtype="uint16" if len(jobs) < 2**16 else "uint32",
-            all_touched=False,
-            merge_alg=MergeAlg.add if count else MergeAlg.replace,
+    def inside(self, job: _Job) -> np.ndarray:
+        """(h, w) bool over the job's window: pixel centres inside its polygon (GDAL's rule,
+        :mod:`cropmodels.rasterize`). Per parcel, so overlapping parcels each get all theirs."""
+        return polygon_mask(
+            job.geometry, self.stack.grid.transform, job.row0, job.row1, job.col0, job.col1
         )
 
     def process(
@@ -537,7 +510,7 @@ class _Extractor:
         """
         t_count = len(self.stack)
         if inside is None:
-            inside = self.rasterize([job], job.row0, job.row1, job.col0, job.col1) > 0
+            inside = self.inside(job)
         n_pixels = int(inside.sum())
         status = PARTLY_OUTSIDE if job.partly_outside else OK
         if n_pixels == 0:
@@ -584,7 +557,6 @@ class _Extractor:
         self,
         jobs: list[_Job],
         buffer: list[_Chunk],
-        insides: list[np.ndarray | None],
         col0: int,
     ) -> list[ParcelData]:
         """:meth:`process` for a group of parcels at once, in a few large array operations.
@@ -600,9 +572,7 @@ class _Extractor:
         results: list[ParcelData | None] = [None] * len(jobs)
         live: list[tuple[int, np.ndarray]] = []
         for k, job in enumerate(jobs):
-            inside = insides[k]
-            if inside is None:
-                inside = self.rasterize([job], job.row0, job.row1, job.col0, job.col1) > 0
+            inside = self.inside(job)
             if not inside.any():
                 results[k] = ParcelData(job.index, TOO_SMALL, 0, np.ones(t_count, np.float32),
                                         0, geometry_repaired=job.repaired)  # fmt: skip
@@ -907,19 +877,10 @@ def _stream(
             ready.append(by_bottom[cursor])
             pending[cursor] = False
             cursor += 1
-        ready.sort(key=lambda j: j.col0)  # batches of neighbours: small label rasters
-        batches = [
-            ready[s : s + PARCELS_IN_FLIGHT] for s in range(0, len(ready), PARCELS_IN_FLIGHT)
-        ]
-        insides: dict[int, np.ndarray | None] = {}
-        found_all = ex.workers.map(functools.partial(_insides, ex), batches)
-        for batch, found in zip(batches, found_all, strict=True):
-            insides.update((j.index, inside) for j, inside in zip(batch, found, strict=True))
         held = tuple(buffer)  # the chunks of this step, for the groups still in flight later
         for group in _groups(ready, t_count, config.patch_size):
             check_cancelled(is_cancelled)
-            group_insides = [insides[j.index] for j in group]
-            inflight.append(ex.workers.submit(ex.process_batch, group, held, group_insides, col0))
+            inflight.append(ex.workers.submit(ex.process_batch, group, held, col0))
             while len(inflight) > max_inflight:
                 yield from map(emit, inflight.popleft().result())
         lowest = int(row0s[pending].min()) if pending.any() else stack.grid.height
@@ -931,7 +892,7 @@ def _stream(
         check_cancelled(is_cancelled)
         chunk = ex.read(job.row0, job.row1, job.col0, job.col1)
         summary.rows_reread += job.row1 - job.row0
-        done_tall = ex.workers.submit(ex.process_batch, [job], (chunk,), [None], job.col0)
+        done_tall = ex.workers.submit(ex.process_batch, [job], (chunk,), job.col0)
         yield from map(emit, done_tall.result())
 
 
@@ -955,24 +916,6 @@ def _process_buffered(
     parts = [c for c in buffer if c.row1 > job.row0 and c.row0 < job.row1]
     values, clear = _window(parts, job, col0, "values"), _window(parts, job, col0, "clear")
     return ex.process(job, values, clear, inside)
-
-
-def _insides(ex: _Extractor, batch: list[_Job]) -> list[np.ndarray | None]:
-    """Rasterised polygons of a batch from one label raster (one GDAL call for all).
-
-    Where two polygons claim the same pixel centre (overlapping parcels) a label raster keeps
-    only one; those parcels get ``None`` and are rasterised on their own.
-    """
-    r0, r1 = min(j.row0 for j in batch), max(j.row1 for j in batch)
-    c0, c1 = min(j.col0 for j in batch), max(j.col1 for j in batch)
-    labels = ex.rasterize(batch, r0, r1, c0, c1)
-    counts = ex.rasterize(batch, r0, r1, c0, c1, count=True)
-    shared = counts > 1
-    out: list[np.ndarray | None] = []
-    for k, j in enumerate(batch):
-        rows, cols = slice(j.row0 - r0, j.row1 - r0), slice(j.col0 - c0, j.col1 - c0)
-        out.append(None if shared[rows, cols].any() else labels[rows, cols] == k + 1)
-    return out
 
 
 def _window(parts: list[_Chunk], job: _Job, col0: int, name: str) -> np.ndarray:

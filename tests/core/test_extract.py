@@ -273,11 +273,11 @@ def test_batched_processing_equals_the_per_parcel_reference(stack, parcels, extr
         chunk = ex.read(0, rows, 0, cols)
         # The per-parcel code, each parcel rasterised on its own.
         reference = {j.index: _process_buffered(ex, [chunk], j, None, col0=0) for j in jobs}
-        one_group = ex.process_batch(jobs, (chunk,), [None] * len(jobs), 0)
+        one_group = ex.process_batch(jobs, (chunk,), 0)
         by_size = [
             r
             for group in _groups(jobs, len(stack), 32)
-            for r in ex.process_batch(group, (chunk,), [None] * len(group), 0)
+            for r in ex.process_batch(group, (chunk,), 0)
         ]
     finally:
         ex.close()
