@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
-from .rasterize import polygon_mask
+from .rasterize import _wkb_rings, burn_order, polygon_masks
 from .stack import PAPER_BANDS, Stack, StackError, open_stack
 
 LOG = logging.getLogger(__name__)
@@ -154,6 +153,7 @@ class _Job:
     partly_outside: bool
     repaired: bool
     centroid: tuple[float, float] | None = None
+    rings: list[np.ndarray] = field(default_factory=list)  # map coordinates, GDAL's burn order
 
 
 @dataclass
@@ -382,36 +382,82 @@ def _plan(
     if gdf.crs != stack.grid.crs:
         LOG.info("Reprojecting %d parcels from %s to %s", len(gdf), gdf.crs, stack.grid.crs)
         gdf = gdf.to_crs(stack.grid.crs)
-    x0, y0 = transform.c, transform.f
-    dx, dy = transform.a, -transform.e
-    height, width = stack.grid.height, stack.grid.width
-    jobs: list[_Job] = []
     failed: list[tuple[int, str, bool, tuple[float, float] | None]] = []
-    eps = 1e-6
+    kept: list[tuple[int, Any, bool, list[tuple[np.ndarray, bool]]]] = []
     for index, geom in enumerate(gdf.geometry.values):
         geom, repaired = _polygonal(geom)
-        if geom is None:
+        table = _wkb_rings(geom.wkb) if geom is not None else []
+        if not any(len(coords) for coords, _ in table):
             failed.append((index, INVALID, repaired, None))
             continue
-        minx, miny, maxx, maxy = geom.bounds
-        col0 = math.floor((minx - x0) / dx + eps)
-        col1 = math.ceil((maxx - x0) / dx - eps)
-        row0 = math.floor((y0 - maxy) / dy + eps)
-        row1 = math.ceil((y0 - miny) / dy - eps)
-        c0, c1 = max(col0, 0), min(col1, width)
-        r0, r1 = max(row0, 0), min(row1, height)
-        if c0 >= c1 or r0 >= r1:
-            failed.append((index, OUTSIDE, repaired, _centre(geom)))
+        kept.append((index, geom, repaired, table))
+    if not kept:
+        return [], failed
+    bounds, centres = _bounds_and_centroids([table for *_, table in kept])
+    x0, y0 = transform.c, transform.f
+    dx, dy = transform.a, -transform.e
+    eps = 1e-6
+    col0 = np.floor((bounds[:, 0] - x0) / dx + eps).astype(np.int64)
+    col1 = np.ceil((bounds[:, 2] - x0) / dx - eps).astype(np.int64)
+    row0 = np.floor((y0 - bounds[:, 3]) / dy + eps).astype(np.int64)
+    row1 = np.ceil((y0 - bounds[:, 1]) / dy - eps).astype(np.int64)
+    c0, c1 = np.maximum(col0, 0), np.minimum(col1, stack.grid.width)
+    r0, r1 = np.maximum(row0, 0), np.minimum(row1, stack.grid.height)
+    outside = (c0 >= c1) | (r0 >= r1)
+    partly = (c0 != col0) | (c1 != col1) | (r0 != row0) | (r1 != row1)
+    jobs: list[_Job] = []
+    for k, (index, geom, repaired, table) in enumerate(kept):
+        centre = (float(centres[k, 0]), float(centres[k, 1]))
+        if outside[k]:
+            failed.append((index, OUTSIDE, repaired, centre))
             continue
-        partly = (c0, c1, r0, r1) != (col0, col1, row0, row1)
-        jobs.append(_Job(index, geom, r0, r1, c0, c1, partly, repaired, _centre(geom)))
+        jobs.append(
+            _Job(index, geom, int(r0[k]), int(r1[k]), int(c0[k]), int(c1[k]), bool(partly[k]),
+                 repaired, centre, burn_order(table))
+        )  # fmt: skip
+    failed.sort()
     return jobs, failed
 
 
-def _centre(geom: Any) -> tuple[float, float]:
-    """Centroid (x, y) in the stack's CRS: where the parcel is, for spatially grouped folds."""
-    c = geom.centroid
-    return (float(c.x), float(c.y))
+def _bounds_and_centroids(tables: list[list[tuple[np.ndarray, bool]]]) -> tuple[np.ndarray, ...]:
+    """(P, 4) bounds and (P, 2) area centroids of P polygonal parcels from their rings, in a few
+    array operations (per parcel, shapely 1.8's properties cost more than everything else of
+    planning). Holes count negatively, as in GEOS; coordinates are taken relative to each
+    parcel's first vertex so that projected coordinates keep their precision."""
+    rings = [(coords, exterior) for table in tables for coords, exterior in table if len(coords)]
+    lengths = np.array([len(c) for c, _ in rings])
+    owner = np.repeat(np.arange(len(tables)), [sum(len(c) > 0 for c, _ in t) for t in tables])
+    coords = np.concatenate([c for c, _ in rings])
+    ring_start = np.cumsum(lengths) - lengths
+    first_ring = np.searchsorted(owner, np.arange(len(tables)))
+    parcel_start = ring_start[first_ring]
+    bounds = np.column_stack(
+        [
+            np.minimum.reduceat(coords[:, 0], parcel_start),
+            np.minimum.reduceat(coords[:, 1], parcel_start),
+            np.maximum.reduceat(coords[:, 0], parcel_start),
+            np.maximum.reduceat(coords[:, 1], parcel_start),
+        ]
+    )
+    origin = coords[parcel_start]  # (P, 2)
+    local = coords - origin[np.repeat(owner, lengths)]
+    x, y = local[:, 0], local[:, 1]
+    last = np.zeros(len(coords), dtype=bool)
+    last[ring_start + lengths - 1] = True
+    nxt = np.minimum(np.arange(len(coords)) + 1, len(coords) - 1)
+    cross = np.where(last, 0.0, x * y[nxt] - x[nxt] * y)
+    twice_area = np.add.reduceat(cross, ring_start)
+    mx = np.add.reduceat((x + x[nxt]) * cross, ring_start)  # 6 A cx
+    my = np.add.reduceat((y + y[nxt]) * cross, ring_start)
+    sign = np.where([exterior for _, exterior in rings], 1.0, -1.0) * np.sign(twice_area)
+    area = np.bincount(owner, sign * twice_area, minlength=len(tables))
+    sx = np.bincount(owner, sign * mx, minlength=len(tables))
+    sy = np.bincount(owner, sign * my, minlength=len(tables))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centres = origin + np.column_stack([sx, sy]) / (3.0 * area[:, None])
+    flat = ~(np.abs(area) > 0)  # degenerate: the middle of the bounds
+    centres[flat] = (bounds[flat, :2] + bounds[flat, 2:]) / 2
+    return bounds, centres
 
 
 # -- the streamed extraction -----------------------------------------------------------------
@@ -496,9 +542,8 @@ class _Extractor:
     def inside(self, job: _Job) -> np.ndarray:
         """(h, w) bool over the job's window: pixel centres inside its polygon (GDAL's rule,
         :mod:`cropmodels.rasterize`). Per parcel, so overlapping parcels each get all theirs."""
-        return polygon_mask(
-            job.geometry, self.stack.grid.transform, job.row0, job.row1, job.col0, job.col1
-        )
+        window = (job.row0, job.row1, job.col0, job.col1)
+        return polygon_masks([job.rings], self.stack.grid.transform, [window])[0]
 
     def process(
         self, job: _Job, vals: np.ndarray, clr: np.ndarray, inside: np.ndarray | None = None
@@ -571,8 +616,14 @@ class _Extractor:
         size = self.config.patch_size
         results: list[ParcelData | None] = [None] * len(jobs)
         live: list[tuple[int, np.ndarray]] = []
+        shape = (
+            max(_padded(j.row1 - j.row0) for j in jobs),
+            max(_padded(j.col1 - j.col0) for j in jobs),
+        )
+        windows = [(j.row0, j.row1, j.col0, j.col1) for j in jobs]
+        masks = polygon_masks([j.rings for j in jobs], self.stack.grid.transform, windows, shape)
         for k, job in enumerate(jobs):
-            inside = self.inside(job)
+            inside = masks[k, : job.row1 - job.row0, : job.col1 - job.col0]
             if not inside.any():
                 results[k] = ParcelData(job.index, TOO_SMALL, 0, np.ones(t_count, np.float32),
                                         0, geometry_repaired=job.repaired)  # fmt: skip

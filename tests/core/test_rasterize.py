@@ -127,3 +127,40 @@ def test_not_a_polygon():
     empty = polygon_mask(Polygon(), GRID, 0, 2, 0, 3)
     assert empty.shape == (2, 3)
     assert not empty.any()
+
+
+def test_group_masks_equal_one_parcel_at_a_time():
+    """polygon_masks (the extractor's group call) gives each parcel exactly polygon_mask's
+    pixels in the top left of its plane, and nothing beyond its own window."""
+    polygons = _random_polygons(40, seed=3)
+    windows = [_window(p, margin=k % 3) for k, p in enumerate(polygons)]
+    shape = (max(w[1] - w[0] for w in windows) + 5, max(w[3] - w[2] for w in windows) + 2)
+    rings = [rasterize._rings(p) for p in polygons]
+    masks = rasterize.polygon_masks(rings, GRID, windows, shape)
+    assert masks.shape == (len(polygons), *shape)
+    for k, (polygon, (row0, row1, col0, col1)) in enumerate(zip(polygons, windows, strict=True)):
+        h, w = row1 - row0, col1 - col0
+        np.testing.assert_array_equal(masks[k, :h, :w], polygon_mask(polygon, GRID, *windows[k]))
+        assert not masks[k, h:].any()
+        assert not masks[k, :, w:].any()
+
+
+def test_huge_parcel_is_filled_in_bands(monkeypatch):
+    """A parcel whose parity counts exceed the per-step budget is filled a band of rows at a
+    time, with the same pixels."""
+    polygon = _random_polygons(1, seed=5)[0]
+    window = _window(polygon)
+    whole = polygon_mask(polygon, GRID, *window)
+    monkeypatch.setattr(rasterize, "_CELLS_PER_STEP", 64)
+    np.testing.assert_array_equal(polygon_mask(polygon, GRID, *window), whole)
+
+
+def test_wkb_rings_read_z_and_every_part():
+    """Rings from WKB: 3-D coordinates reduced to x, y; every part and hole, exterior first."""
+    shell = [(0, 0, 1), (10, 0, 1), (10, 10, 1), (0, 10, 1), (0, 0, 1)]
+    hole = [(2, 2, 1), (4, 2, 1), (4, 4, 1), (2, 2, 1)]
+    multi = MultiPolygon([Polygon(shell, [hole]), box(20, 20, 30, 30)])
+    table = rasterize.ring_table(multi)
+    assert [exterior for _, exterior in table] == [True, False, True]
+    np.testing.assert_array_equal(table[0][0], np.asarray(shell, float)[:, :2])
+    np.testing.assert_array_equal(table[2][0], np.asarray(box(20, 20, 30, 30).exterior.coords))
