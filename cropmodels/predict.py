@@ -808,12 +808,13 @@ class Classifier:
         summary.batch_size = size
         LOG.info("Classifying with %s on %s, %d parcels per batch", self.card.name,
                  self.device, size)  # fmt: skip
+        kind = self.card.input_kind
         extract_config = ExtractConfig(
             patch_size=self.card.patch_size or 32,
             memory_mb=config.memory_mb,
             workers=config.workers,
+            patches=kind != FEATURES,  # a feature model reads no patch: none is made
         )
-        kind = self.card.input_kind
         pending: list[ParcelData] = []
 
         def flush() -> Iterator[ParcelPrediction]:

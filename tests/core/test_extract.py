@@ -231,6 +231,19 @@ def test_tiny_memory_budget_streams_many_chunks_with_identical_results(stack, ex
     assert summary.peak_buffer_mb <= 0.8 * config.buffer_mb()
 
 
+def test_features_only_extraction_equals_the_full_one(stack, extracted):
+    """patches=False (what a feature model reads) gives the same statuses, clear dates and
+    features as the full extraction, and no patch."""
+    only = {r.index: r for r in extract(PARCELS, stack, ExtractConfig(patches=False))}
+    assert only.keys() == extracted.keys()
+    for i, r in extracted.items():
+        assert (only[i].status, only[i].n_clear_dates) == (r.status, r.n_clear_dates)
+        assert only[i].patches is None
+        assert only[i].mask is None
+        np.testing.assert_array_equal(only[i].features, r.features)
+        np.testing.assert_array_equal(only[i].cloud_fraction, r.cloud_fraction)
+
+
 def test_progress_and_cancellation(stack):
     seen = []
     list(extract(PARCELS, stack, progress=lambda f, m: seen.append(f)))
