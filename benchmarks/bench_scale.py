@@ -1,7 +1,8 @@
 """End-to-end scale: extraction + classification at N, 2N and 4N parcels, and the paper's tile.
 
-On the synthetic full-resolution stack of ``bench_extract.py`` (2048 x 2048 px, 24 dates,
-14,222 Voronoi fields with roads, clouds, DEFLATE; see ``benchmarks/README.md``), each run is
+On a synthetic full-resolution stack of ``bench_extract.py`` (by default 2745 x 2745 px, 1/16 of
+a Sentinel-2 tile, 24 dates, about 25,000 Voronoi fields with roads, clouds, DEFLATE; see
+``benchmarks/README.md``), each run is
 ``cropmodels.predict.classify`` (the streamed extractor feeding batches to the model, in one
 process, as ``classify_parcels`` runs) with ``cnn_gru9`` on every 4th parcel (N), every 2nd
 (2N) and all (4N), each in a fresh process for its own peak memory. Printed:
@@ -45,7 +46,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(model_name: str, step: int, task: str) -> dict[str, Any]:
+def child(model_name: str, step: int, task: str, size: int = 2745) -> dict[str, Any]:
     import geopandas as gpd
     import torch
     from bench_classify import card_for
@@ -56,7 +57,7 @@ def child(model_name: str, step: int, task: str) -> dict[str, Any]:
     from cropmodels.stack import open_stack
     from cropmodels.store import season_days
 
-    data = ensure_dataset(SyntheticSpec(), log=lambda _m: None)
+    data = ensure_dataset(SyntheticSpec(size=size), log=lambda _m: None)
     gdf = gpd.read_file(data.parcels).iloc[::step].reset_index(drop=True)
     stack = open_stack(data.stack)
     grid = season_days([d.date for d in stack.dates])
@@ -88,9 +89,9 @@ def child(model_name: str, step: int, task: str) -> dict[str, Any]:
     }
 
 
-def run_child(model: str, step: int, task: str) -> dict[str, Any]:
+def run_child(model: str, step: int, task: str, size: int) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", task, "--step", str(step),
-           "--model", model]  # fmt: skip
+           "--model", model, "--size", str(size)]  # fmt: skip
     env = {**os.environ, "PROJ_DATA": os.environ.get("PROJ_DATA", "/usr/share/proj")}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -107,19 +108,31 @@ def report(name: str, value: float, goal: str, results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn_gru9")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=2745,
+        help="pixels per side of the synthetic stack (default 2745: 1/16 of a Sentinel-2 tile)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--step", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.model, args.step, args.child)))
+        print(json.dumps(child(args.model, args.step, args.child, args.size)))
         return 0
-    ensure_dataset(SyntheticSpec())
+    data = ensure_dataset(SyntheticSpec(size=args.size))
     if os.getloadavg()[0] > 0.5:
         print(f"note: the machine is busy (load average {os.getloadavg()[0]:.1f})")
-    results: dict[str, Any] = {"benchmark": "scale", "model": args.model, "runs": {}}
+    results: dict[str, Any] = {
+        "benchmark": "scale",
+        "model": args.model,
+        "data": {k: data.manifest[k] for k in ("spec", "n_parcels", "parcel_area_ha")},
+        "load_average_before": os.getloadavg(),
+        "runs": {},
+    }
     for label, step in SUBSETS.items():
-        r = results["runs"][label] = run_child(args.model, step, "classify")
+        r = results["runs"][label] = run_child(args.model, step, "classify", args.size)
         print(f"{label}: {r['n_parcels']:,} parcels classified in {r['seconds']:.1f} s "
               f"({r['n_parcels'] / r['seconds']:.0f} parcels/s), peak {r['peak_rss_mb']:.0f} MB",
               flush=True)  # fmt: skip
@@ -132,13 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     report("paper_tile_minutes", PAPER_PARCELS / rate / 60,
            f"goal <= 5; {PAPER_PARCELS:,} parcels x 24 dates at {rate:.0f} parcels/s",
            results)  # fmt: skip
-    alone = {task: run_child(args.model, 1, task) for task in ("extract", "infer")}
+    alone = {task: run_child(args.model, 1, task, args.size) for task in ("extract", "infer")}
     results["alone"] = alone
     print(f"alone: extraction {alone['extract']['seconds']:.1f} s, inference "
           f"{alone['infer']['seconds']:.1f} s")  # fmt: skip
     report("overlap_ratio",
            runs["4n"]["seconds"] / (alone["extract"]["seconds"] + alone["infer"]["seconds"]),
            "informative: 1 = one after the other; 2 cores are shared by both", results)  # fmt: skip
+    report("end_to_end_vs_larger_ratio",
+           runs["4n"]["seconds"] / max(alone["extract"]["seconds"], alone["infer"]["seconds"]),
+           "informative: 1 = the smaller of extraction and inference hidden entirely",
+           results)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"written to {args.out}")

@@ -640,7 +640,9 @@ class _Extractor:
         n_live = len(live)
         hb = max(_padded(inside.shape[0]) for _, inside in live)
         wb = max(_padded(inside.shape[1]) for _, inside in live)
-        values = np.zeros((n_live, t_count, N_BANDS, hb, wb), np.float32)
+        # Windows gathered in the stack's own type (a plain copy, the gather being bound by
+        # memory latency), then converted in one pass: faster than converting while gathering.
+        raw = np.zeros((n_live, t_count, N_BANDS, hb, wb), self.dtype)
         clear = np.zeros((n_live, t_count, hb, wb), bool)
         ins = np.zeros((n_live, hb, wb), bool)
         ry = np.zeros((n_live, size, hb), np.float32)
@@ -654,13 +656,15 @@ class _Extractor:
                 a, b = max(job.row0, c.row0), min(job.row1, c.row1)
                 if a < b:
                     rows = slice(a - job.row0, b - job.row0)
-                    values[i, :, :, rows, :w] = c.values[:, :, a - c.row0 : b - c.row0, c0:c1]
+                    raw[i, :, :, rows, :w] = c.values[:, :, a - c.row0 : b - c.row0, c0:c1]
                     clear[i, :, rows, :w] = c.clear[:, a - c.row0 : b - c.row0, c0:c1]
             ins[i, :h, :w] = inside
             ry_i, rx_t_i = _resamplers(h, size), _resamplers_t(w, size)
             ry[i, :, :h] = ry_i
             rx_t[i, :w] = rx_t_i
             resamplers.append((ry_i, rx_t_i))
+        values = raw.astype(np.float32, copy=False)
+        del raw
         if self.rescale:
             values += self.offsets[None, :, :, :, None]
             values *= self.factors[None, :, :, :, None]
