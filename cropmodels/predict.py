@@ -373,8 +373,10 @@ def check_card(card: ModelCard) -> None:
         problems.append("the card gives no patch size for a model consuming patches")
     if problems:
         raise PredictError(
-            f"Model {card.name!r} cannot classify Sentinel-2 stacks: " + "; ".join(problems) + "."
-        )
+            f"Model {card.name!r} cannot classify Sentinel-2 stacks: " + "; ".join(problems)
+            + "; use a model trained on the paper's ten bands (a bundled one, or one trained "
+            "with 'train'), or restore this model's original card."
+        )  # fmt: skip
 
 
 # -- output table ----------------------------------------------------------------------------------
