@@ -68,6 +68,7 @@ from .architectures import FEATURES, PATCHES, get_spec
 from .device import OomBackoff, choose_device, run_with_cpu_fallback, working_device
 from .distributed import DistInfo, gather_rows, share
 from .evaluate import CVResult, fold_metrics, json_safe
+from .files import write_text_atomic
 from .modelcard import CropClass
 from .normalise import Normaliser
 from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
@@ -1715,5 +1716,5 @@ def reproduce_paper(
         "code": _versions(),
     }
     results_json = out_dir / "results.json"
-    results_json.write_text(json.dumps(json_safe(payload), indent=1), encoding="utf-8")
+    write_text_atomic(results_json, json.dumps(json_safe(payload), indent=1))
     return ReproduceResult(ordered, shuffled_results, forest_result, tables, results_json)
