@@ -47,3 +47,29 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     with atomic_output(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+class OutputError(ValueError):
+    """An output cannot be written where it was asked for."""
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse an output whose folder is missing or not writable, before the work, not after.
+
+    Writability is tested by creating and removing a file: the only test that holds for every
+    user (root included), file system (read-only mounts) and platform.
+    """
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise OutputError(
+            f"The folder {folder} of the output does not exist; create it or choose another output."
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write in the folder {folder} ({exc.strerror or exc}); choose an output in a "
+            "folder you may write to."
+        ) from exc

@@ -968,18 +968,14 @@ def classify_to_file(
     import pandas as pd
 
     from .extract import read_parcels
+    from .files import check_output_folder
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise PredictError(
             f"{out} already exists; choose another output or allow overwriting (--overwrite)."
         )
-    if not out.parent.is_dir():
-        raise PredictError(
-            f"The folder {out.parent} of the output does not exist; create it or choose another "
-            "output."
-        )
-    _check_writable(out.parent)  # now, not after the whole layer is classified
+    check_output_folder(out)  # now, not after the whole layer is classified
     config = config or PredictConfig()
     classifier = model if isinstance(model, Classifier) else Classifier.load(model, config.device)
     card = classifier.card
@@ -1046,22 +1042,6 @@ def classify_to_file(
         tmp.unlink(missing_ok=True)
         raise
     return ClassifiedLayer(out, len(gdf), summary, renamed, n_disagreeing)
-
-
-def _check_writable(folder: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that holds for every user (root
-    included), file system (read-only mounts) and platform."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise PredictError(
-            f"Cannot write in the folder {folder} ({exc.strerror or exc}); choose an output in a "
-            "folder you may write to."
-        ) from exc
 
 
 def describe_counts(counts: Mapping[str, int]) -> str:
