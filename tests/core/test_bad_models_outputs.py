@@ -238,6 +238,37 @@ def test_classify_into_an_unwritable_file_system(stack, inputs, capsys):
     assert re.search(r"Cannot write in the folder /sys \(.*\); choose an output in a folder", line)
 
 
+def test_training_into_an_unwritable_folder_fails_before_training(
+    labelled_store, capsys, monkeypatch
+):
+    from cropmodels import train as train_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the model could not be written")
+
+    monkeypatch.setattr(train_module, "train_one", never)
+    code, line = cli(capsys, "train", "--store", str(labelled_store), "--model", "gru",
+                     "--out", "/sys/m", "--no-cv")  # fmt: skip
+    assert code == 2
+    assert line.startswith("error: Cannot write in the folder /sys (")
+
+
+def test_a_bug_is_one_line_and_its_traceback_goes_to_the_log(
+    stack, tmp_path, capsys, caplog, monkeypatch
+):
+    def bug(*args, **kwargs):
+        raise KeyError("p_maize")
+
+    monkeypatch.setattr(predict, "prediction_columns", bug)
+    with caplog.at_level("DEBUG", logger="cropmodels"):
+        code, line = cli(capsys, *classify_args(stack, "gru", tmp_path / "c.gpkg"))
+    assert code == 1
+    assert line.startswith("error: unexpected KeyError: 'p_maize' (a bug: please report it")
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert logged, "the traceback is logged (shown with --verbose)"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failure_while_writing_the_classified_layer_leaves_nothing(
     stack, inputs, tmp_path, capsys, monkeypatch
 ):

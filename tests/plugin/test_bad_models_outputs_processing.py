@@ -226,3 +226,22 @@ def test_train_model_cancelled_while_training_writes_no_model(provider, stack, i
     }, CancelWhileTraining())  # fmt: skip
     assert message.startswith("Cancelled")
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".work")) == []
+
+
+def test_train_model_into_an_unwritable_folder_fails_before_training(
+    provider, stack, inputs, tmp_path, monkeypatch
+):
+    from parcel_crop_classifier.cropmodels import train as train_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the model could not be written")
+
+    monkeypatch.setattr(train_module, "train_one", never)
+    message = refused("train_model", {
+        "PARCELS": str(PARCELS), "LABEL_FIELD": "crop_code", "STACK": str(stack),
+        "ARCHITECTURE": "gru", "EPOCHS": 1, "FOLDS": 3, "CROSS_VALIDATE": False,
+        "MERGE_RARE": True, "DEVICE": "cpu", "OUTPUT": "/sys/m.json",
+        "REPORT": str(tmp_path / "m.html"),
+    })  # fmt: skip
+    assert message.startswith("Cannot write in the folder /sys (")
+    assert list(tmp_path.iterdir()) == []
