@@ -301,6 +301,27 @@ def test_a_failure_while_writing_a_store_leaves_nothing(stack, tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_build_stack_out_of_memory_while_writing_leaves_no_stack(tmp_path, capsys, monkeypatch):
+    from cropmodels import buildstack
+    from l2a_fixtures import product_from_sample
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    product_from_sample(downloads, "20180419")
+    before = digests(downloads)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(buildstack, "_write_manifest", out_of_memory)  # after every date
+    code, line = cli(capsys, "build-stack", str(downloads), "--parcels", str(PARCELS),
+                     "--out", str(tmp_path / "stack"))  # fmt: skip
+    assert code == 1
+    assert line.startswith("error: out of memory: lower the memory budget")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+    assert digests(downloads) == before
+
+
 def test_a_failure_while_saving_a_model_leaves_no_model_file(labelled_store, tmp_path, monkeypatch):
     from cropmodels import modelcard
     from cropmodels.train import TrainConfig, train_model

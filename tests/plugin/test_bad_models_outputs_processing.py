@@ -245,3 +245,24 @@ def test_train_model_into_an_unwritable_folder_fails_before_training(
     })  # fmt: skip
     assert message.startswith("Cannot write in the folder /sys (")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_build_stack_out_of_memory_while_writing_leaves_no_stack(provider, tmp_path, monkeypatch):
+    from l2a_fixtures import product_from_sample
+    from parcel_crop_classifier.cropmodels import buildstack
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    product_from_sample(downloads, "20180419")
+    before = digests(downloads)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(buildstack, "_write_manifest", out_of_memory)  # after every date
+    out = tmp_path / "stack"
+    message = refused("build_stack", {"INPUT_FOLDER": str(downloads), "PARCELS": str(PARCELS),
+                                      "OUTPUT": str(out)})  # fmt: skip
+    assert message.startswith("out of memory: lower the memory budget")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+    assert digests(downloads) == before
