@@ -17,6 +17,7 @@ from . import __version__
 from .device import DEVICE_HELP
 
 Command = Callable[[argparse.Namespace], int]
+LOG = logging.getLogger(__name__)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -372,6 +373,17 @@ def _training_inputs(args: argparse.Namespace, model: str, workdir: str) -> tupl
     return config, groups, class_map
 
 
+def _refuse_existing(paths, overwrite: bool) -> None:
+    """The command line's convention for outputs (as ``extract``, ``classify`` and
+    ``build-stack``): an existing output is replaced only with ``--overwrite``."""
+    existing = [str(p) for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{', '.join(existing)} already exists; add --overwrite to replace it, or choose "
+            "another --out"
+        )
+
+
 def _interrupted(workdir: str) -> int:
     print(
         f"interrupted: finished epochs are kept in {workdir}; run the same command again to resume",
@@ -384,6 +396,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import distributed
+    from .modelcard import model_paths
     from .progress import Cancelled
     from .train import train_model
 
@@ -391,6 +404,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.suffix in (".json", ".safetensors"):
         out = out.with_suffix("")
     workdir = args.workdir or str(out.with_name(out.name + ".work"))
+    _refuse_existing(model_paths(out), args.overwrite)  # before hours of training, not after
     # Under torchrun (several processes): join the group; only rank 0 writes and prints.
     dist = distributed.setup(args.device)
     if dist is not None and not dist.main:
@@ -440,8 +454,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluate import evaluate_model, json_safe
+    from .files import write_text_atomic
     from .report import pct, plot_confusion, table
 
+    if args.out:
+        names = ("metrics.json", "report.md", "confusion.png")
+        _refuse_existing([Path(args.out) / n for n in names], args.overwrite)
     bar, progress = _tqdm_progress(args, "evaluate")
     with bar:
         metrics = evaluate_model(
@@ -459,7 +477,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1), "utf-8")
+        write_text_atomic(out / "metrics.json", json.dumps(json_safe(metrics), indent=1))
         png = plot_confusion(metrics["confusion_matrix"], metrics["classes"],
                              out / "confusion.png", metrics["model"])  # fmt: skip
         rows = [[n, pct(f), s] for n, f, s in zip(metrics["classes"],
@@ -472,7 +490,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "", f"Excluded: {metrics['excluded']}", "",
             table(["class", "F-score", "parcels"], rows), "", f"![confusion]({png.name})", "",
         ])  # fmt: skip
-        (out / "report.md").write_text(text, encoding="utf-8")
+        write_text_atomic(out / "report.md", text)
         print(f"Report: {out / 'report.md'}")
     return 0
 
@@ -629,6 +647,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--final-fit", choices=("holdout", "all"), default="holdout",
                    help="the shipped model: 'holdout' trains on 4/5 with the 5th choosing the "
                    "epoch; 'all' on every parcel for the CV's median best epoch")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     _add_training_options(p)
     commands["train"] = cmd_train
 
@@ -644,6 +663,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace the reports of --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["evaluate"] = cmd_evaluate
 
@@ -721,16 +741,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .errors import user_message
     from .progress import Cancelled
 
+    # One line on stderr for the user (what is wrong, what to do); the traceback to the log,
+    # shown with --verbose.
     try:
         return commands[args.command](args)
-    except ValueError as exc:  # StackError, ParcelError, StoreError, ModelFileError, ...
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except (KeyboardInterrupt, Cancelled):
+        LOG.debug("interrupted", exc_info=True)
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # StackError, ModelFileError, ..., OSError, MemoryError, bugs
+        LOG.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import mimetypes
 import re
 from pathlib import Path
 
+from .files import write_text_atomic
+
 _IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
@@ -126,9 +128,7 @@ def write_html(markdown_path: str | Path, out: str | Path, title: str = "") -> P
     page = markdown_to_html(
         markdown_path.read_text(encoding="utf-8"), title, folder=markdown_path.parent
     )
-    out = Path(out)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return write_text_atomic(out, page)
 
 
 __all__ = ["markdown_to_html", "write_html"]

@@ -45,6 +45,8 @@ MAX_SEASON_DAY = 3 * 366  # date grids span at most three calendar years
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_LISTED = 8
+# What to do about a damaged or edited model file, said at the end of each such message.
+_REINSTALL = "restore the model's original files (reinstall it) or retrain it"
 # Fields a card on disk may omit; every other field is required (``None`` where allowed).
 _OPTIONAL_FIELDS = frozenset({"architecture_note"})
 # Fields ``save_model`` fills in, so a card being prepared for saving may leave them empty.
@@ -168,7 +170,9 @@ class ModelCard:
                 f"hparams {unknown} are not hyper-parameters of {spec.name!r} "
                 f"(valid: {', '.join(spec.defaults)})",
             )
-        bands_ok = need(_is_int(self.n_bands) and self.n_bands > 0, "n_bands must be > 0")
+        bands_ok = need(
+            _is_int(self.n_bands) and self.n_bands > 0, "n_bands must be a positive integer"
+        )
         if need(
             isinstance(self.bands, list) and all(_is_text(b) for b in self.bands),
             "bands must be a list of band names such as 'B02'",
@@ -340,7 +344,8 @@ def _normalisation_problems(norm: Any, width: int, n_dates: int) -> list[str]:
 
 
 def _report(source: str, problems: list[str]) -> str:
-    return f"{source} is not a valid model card:\n  - " + "\n  - ".join(problems)
+    """One line (the CLI prints it after ``error:``): every problem, then what to do."""
+    return f"{source} is not a valid model card: {'; '.join(problems)}; {_REINSTALL}"
 
 
 def _listed(items: list[str]) -> str:
@@ -373,13 +378,13 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
             f"<name>{CARD_SUFFIX} in the same folder"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"cannot read model card {card_path}: {exc}") from exc
+        raise ModelFileError(f"cannot read model card {card_path}: {exc}; {_REINSTALL}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelFileError(
             f"model card {card_path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-            f"{exc.msg})"
+            f"{exc.msg}); {_REINSTALL}"
         ) from None
     return ModelCard.from_dict(data, source=f"model card {card_path}")
 
@@ -489,6 +494,7 @@ def load_model(
 
     weights_path, card_path = model_paths(path)
     card = read_card(card_path)
+    check_inside_folder(card_path, weights_path)
     try:
         data = weights_path.read_bytes()
     except FileNotFoundError:
@@ -498,13 +504,17 @@ def load_model(
     digest = sha256_of(data)
     if digest != card.weights_sha256:
         raise ModelFileError(
-            f"{weights_path} was modified or does not belong to this card: its sha256 is "
-            f"{digest[:16]}..., the card {card_path.name} expects {card.weights_sha256[:16]}..."
+            f"{weights_path} was modified or does not belong to this card (its sha256 is "
+            f"{digest[:16]}..., the card {card_path.name} expects {card.weights_sha256[:16]}...): "
+            f"the file was changed or damaged; {_REINSTALL}"
         )
     try:  # the bytes just hashed are the bytes loaded; safetensors never unpickles
         tensors = load(data)
     except (SafetensorError, ValueError) as exc:
-        raise ModelFileError(f"{weights_path} is not a valid safetensors file: {exc}") from None
+        raise ModelFileError(
+            f"{weights_path} is not a valid safetensors file ({exc}); model files are only "
+            f"read as safetensors, never unpickled: {_REINSTALL}"
+        ) from None
 
     described = f"architecture {card.architecture!r} with hparams {card.hparams}"
     try:
@@ -512,7 +522,9 @@ def load_model(
             card.architecture, n_classes=len(card.classes), n_bands=card.n_bands, **card.hparams
         )
     except ValueError as exc:
-        raise ModelFileError(f"{card_path}: the card's {described} do not build: {exc}") from exc
+        raise ModelFileError(
+            f"{card_path}: the card's {described} do not build: {exc}; {_REINSTALL}"
+        ) from exc
 
     expected = model.state_dict()
     problems = []
@@ -532,16 +544,41 @@ def load_model(
     if problems:
         raise ModelFileError(
             f"{weights_path} does not hold the weights of the card's {described} "
-            f"({len(card.classes)} classes, {card.n_bands} bands):\n  - " + "\n  - ".join(problems)
+            f"({len(card.classes)} classes, {card.n_bands} bands): {'; '.join(problems)}; the "
+            f"card was edited or belongs to other weights: {_REINSTALL}"
         )
     model.load_state_dict(tensors, strict=True)
     count = parameter_count(model)
     if count != card.parameter_count:
         raise ModelFileError(
             f"{card_path}: parameter_count is {card.parameter_count} but the model built from "
-            f"the card has {count} parameters"
+            f"the card has {count} parameters; {_REINSTALL}"
         )
     return model.to(device).eval(), card
+
+
+def check_inside_folder(card_path: Path, weights_path: Path) -> None:
+    """Refuse a weights file that is (or links to) a file outside the card's folder.
+
+    A model is the pair ``<name>.safetensors`` + ``<name>.json`` in one folder and the card
+    names no other file, so no ``..`` or absolute path can come from it; a symbolic link could
+    still lead the weights elsewhere (a copied folder read from somewhere unexpected), so the
+    pair must resolve to the same folder. A card linked from another folder is fine when its
+    weights are linked from there too.
+    """
+    card_real, weights_real = card_path.resolve(), weights_path.resolve()
+    if weights_real.parent == card_real.parent:
+        return
+    if card_real.parent != card_path.parent.resolve():  # the card is a link to elsewhere
+        raise ModelFileError(
+            f"the card {card_path} links to {card_real}, in another folder than its weights "
+            f"{weights_real}; keep a model's two files in one folder (copy both, or link both)"
+        )
+    raise ModelFileError(
+        f"{weights_path} leads outside the model's folder (to {weights_real}); a model's weights "
+        f"must lie beside its card {card_path.name}: copy the real file there instead of linking "
+        "to it"
+    )
 
 
 def bundled_models(folder: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -573,6 +610,7 @@ __all__ = [
     "ModelFileError",
     "bundled_models",
     "canonical_safetensors",
+    "check_inside_folder",
     "load_model",
     "model_paths",
     "read_card",

@@ -373,8 +373,10 @@ def check_card(card: ModelCard) -> None:
         problems.append("the card gives no patch size for a model consuming patches")
     if problems:
         raise PredictError(
-            f"Model {card.name!r} cannot classify Sentinel-2 stacks: " + "; ".join(problems) + "."
-        )
+            f"Model {card.name!r} cannot classify Sentinel-2 stacks: " + "; ".join(problems)
+            + "; use a model trained on the paper's ten bands (a bundled one, or one trained "
+            "with 'train'), or restore this model's original card."
+        )  # fmt: skip
 
 
 # -- output table ----------------------------------------------------------------------------------
@@ -967,12 +969,14 @@ def classify_to_file(
     import pandas as pd
 
     from .extract import read_parcels
+    from .files import check_output_folder
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise PredictError(f"{out} already exists; choose another output or allow overwriting.")
-    if not out.parent.is_dir():
-        raise PredictError(f"The folder {out.parent} does not exist.")
+        raise PredictError(
+            f"{out} already exists; choose another output or allow overwriting (--overwrite)."
+        )
+    check_output_folder(out)  # now, not after the whole layer is classified
     config = config or PredictConfig()
     classifier = model if isinstance(model, Classifier) else Classifier.load(model, config.device)
     card = classifier.card

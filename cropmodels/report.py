@@ -17,6 +17,7 @@ import numpy as np
 
 from . import paper
 from .evaluate import SUMMARY_METRICS, CVResult
+from .files import atomic_output, write_text_atomic
 
 if TYPE_CHECKING:
     from .modelcard import ModelCard
@@ -87,7 +88,8 @@ def plot_confusion(
                     )
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 
@@ -114,7 +116,8 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
     ax_f.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 
@@ -256,7 +259,7 @@ def write_train_report(
         f"![training curves]({curves.name})",
         "",
     ]
-    md.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(md, "\n".join(lines))
     return md
 
 
@@ -401,7 +404,7 @@ def write_reproduce_report(
         lines.append(f"![{name}]({png.name})")
     lines.append("")
     md = out_dir / "tables.md"
-    md.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(md, "\n".join(lines))
     return md
 
 

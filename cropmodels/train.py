@@ -68,6 +68,7 @@ from .architectures import FEATURES, PATCHES, get_spec
 from .device import OomBackoff, choose_device, run_with_cpu_fallback, working_device
 from .distributed import DistInfo, gather_rows, share
 from .evaluate import CVResult, fold_metrics, json_safe
+from .files import check_output_folder, write_text_atomic
 from .modelcard import CropClass
 from .normalise import Normaliser
 from .progress import CancelFn, ProgressFn, check_cancelled, never_cancelled, no_progress
@@ -1369,6 +1370,7 @@ def train_model(
     out = Path(out)
     _, card_path = model_paths(out)
     card_path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(card_path)  # before training, not after
     if config.final_fit == "all" and not cv:
         raise ValueError(
             "final_fit='all' trains for the cross-validation's median best epoch; run the "
@@ -1715,5 +1717,5 @@ def reproduce_paper(
         "code": _versions(),
     }
     results_json = out_dir / "results.json"
-    results_json.write_text(json.dumps(json_safe(payload), indent=1), encoding="utf-8")
+    write_text_atomic(results_json, json.dumps(json_safe(payload), indent=1))
     return ReproduceResult(ordered, shuffled_results, forest_result, tables, results_json)

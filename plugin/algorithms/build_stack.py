@@ -26,8 +26,10 @@ from qgis.core import (
 )
 
 from ...cropmodels.buildstack import build_stack
+from ...cropmodels.errors import user_message
 from ...cropmodels.progress import Cancelled
 from .base import CropAlgorithm
+from .common import LOGGER
 
 
 class BuildStackAlgorithm(CropAlgorithm):
@@ -184,8 +186,9 @@ class BuildStackAlgorithm(CropAlgorithm):
         except Cancelled:
             feedback.pushInfo(self.tr("Cancelled: nothing was written."))
             return {}
-        except ValueError as exc:  # StackError, ParcelError: the message says what to do
-            raise QgsProcessingException(str(exc)) from exc
+        except Exception as exc:  # StackError, ParcelError, OSError, MemoryError: one line
+            LOGGER.debug("build_stack failed", exc_info=True)
+            raise QgsProcessingException(user_message(exc)) from exc
         for item in result.written:
             feedback.pushInfo(
                 f"{item['date']}: {item['file']} (cloud over the parcels "

@@ -39,6 +39,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...cropmodels import predict
+from ...cropmodels.files import check_output_folder
 from ...cropmodels.modelcard import ModelCard
 from ...cropmodels.stack import open_stack
 from ..styling import ApplyStyle, StyleFields, apply_style, write_qml
@@ -220,6 +221,11 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
                 min_clear_dates=self.parameterAsInt(parameters, self.MIN_CLEAR_DATES, context),
                 memory_mb=self.parameterAsDouble(parameters, self.MEMORY_MB, context),
             )
+            destination = _file_destination(
+                self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+            )
+            if destination is not None:  # refused now, not after classifying every parcel
+                check_output_folder(destination)
             model_spec = self.parameterAsString(parameters, self.MODEL, context)
             classifier = predict.Classifier.load(model_spec, config.device)
             card = classifier.card
@@ -422,6 +428,14 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
                     Path(f"{path}{extra}").unlink(missing_ok=True)
         elif path is not None or not dest_id.startswith("memory:"):
             feedback.reportError(self.tr("The output {} is incomplete; delete it.").format(dest_id))
+
+
+def _file_destination(dest: str) -> Path | None:
+    """The file an output destination will create (``path`` or ``path|layername=...``); None
+    for memory layers and database URIs."""
+    if not dest or dest.startswith(("memory:", "ogr:", "postgres:", "postgis:", "spatialite:")):
+        return None
+    return Path(dest.split("|", 1)[0])
 
 
 def _file_of(dest_id: str) -> Path | None:

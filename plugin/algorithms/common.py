@@ -21,8 +21,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ...cropmodels.errors import user_message
 from ...cropmodels.progress import Cancelled
 from ..paths import PACKAGE_NAME
+
+LOGGER = logging.getLogger(f"{PACKAGE_NAME}.plugin")
 
 STACK_HELP = (
     "a folder of per-date Sentinel-2 rasters (S2_YYYYMMDD.tif, one 10-band file per date or "
@@ -65,15 +68,19 @@ def require_torch() -> None:
 
 @contextlib.contextmanager
 def core_errors(cancelled_message: str) -> Iterator[None]:
-    """The core's errors (all ``ValueError`` subclasses with actionable messages) and its
-    cancellation become ``QgsProcessingException``: the user reads the message, never a
-    traceback."""
+    """The core's errors (all ``ValueError`` subclasses with actionable messages), the system's
+    (``OSError``, ``MemoryError``) and its cancellation become ``QgsProcessingException``: the
+    user reads one line saying what to do (:func:`cropmodels.errors.user_message`), never a
+    traceback, which goes to the log."""
     try:
         yield
+    except QgsProcessingException:
+        raise
     except Cancelled:
         raise QgsProcessingException(cancelled_message) from None
-    except (ValueError, OSError) as exc:
-        raise QgsProcessingException(str(exc)) from exc
+    except Exception as exc:  # ValueError, OSError, MemoryError, torch's OOM, bugs
+        LOGGER.debug("the algorithm failed", exc_info=True)  # the traceback: to the log
+        raise QgsProcessingException(user_message(exc)) from exc
 
 
 def multi_step(n: int, feedback: QgsProcessingFeedback) -> QgsProcessingMultiStepFeedback:
