@@ -70,6 +70,7 @@ PARTLY_OUTSIDE = "partly_outside"
 TOO_SMALL = "too_small"
 NO_CLEAR = "no_clear_observation"
 INVALID = "invalid_geometry"
+TOO_LARGE = "too_large"
 STATUS_TEXT = {
     OK: "extracted",
     PARTLY_OUTSIDE: "extracted from the part of the parcel inside the stack",
@@ -77,6 +78,7 @@ STATUS_TEXT = {
     TOO_SMALL: "the parcel contains no pixel centre (smaller than a pixel)",
     NO_CLEAR: "no pixel of the parcel is clear on any date",
     INVALID: "empty, missing or non-polygon geometry",
+    TOO_LARGE: "the parcel's window of the stack is larger than the memory budget",
 }
 USABLE = frozenset({OK, PARTLY_OUTSIDE})
 # Rows of previous chunks kept for the parcels still pending, at least, when choosing chunks as
@@ -367,10 +369,60 @@ def _polygonal(geom: Any) -> tuple[Any | None, bool]:
     return None, repaired
 
 
+def check_parcels(gdf: Any, stack: Stack) -> None:
+    """Raise :class:`ParcelError` when the layer as a whole cannot be classified: it has no
+    polygon at all (a point or line layer, or only empty geometries), or none of its parcels
+    overlaps the stack (another area, or a wrong CRS). A few bad parcels among good ones are
+    not an error: they get their status. Called before any pixel is read or file written.
+    """
+    if not len(gdf):
+        return
+    if gdf.crs is None:
+        raise ParcelError(
+            "The parcel layer has no coordinate reference system; set its CRS (Layer "
+            "Properties > Source, or a .prj beside a shapefile) and run again."
+        )
+    geoms = gdf.geometry
+    present = geoms[geoms.notna() & ~geoms.is_empty]
+    if not len(present):
+        raise ParcelError(
+            f"None of the {len(gdf)} features of the parcel layer has a geometry (all are "
+            "empty or null); give a layer of parcel polygons."
+        )
+    kinds = set(present.geom_type)
+    if not kinds & {"Polygon", "MultiPolygon", "GeometryCollection"}:
+        names = " and ".join(sorted(k.lower() for k in kinds))
+        raise ParcelError(
+            f"The parcel layer has {names} geometries; the parcels must be polygons: give a "
+            "polygon layer (the parcels' outlines)."
+        )
+    bounds = present.to_crs(stack.grid.crs).bounds if gdf.crs != stack.grid.crs else present.bounds
+    left, bottom, right, top = stack.grid.bounds
+    overlaps = (
+        (bounds["minx"] < right) & (bounds["maxx"] > left)
+        & (bounds["miny"] < top) & (bounds["maxy"] > bottom)
+    )  # fmt: skip
+    if not overlaps.any():
+        span = (bounds["minx"].min(), bounds["miny"].min(), bounds["maxx"].max(),
+                bounds["maxy"].max())  # fmt: skip
+        extent = ", ".join(f"{v:.0f}" for v in span)
+        raise ParcelError(
+            f"None of the {len(gdf)} parcels overlaps the image stack: in "
+            f"{stack.grid.crs.to_string()} the parcels span ({extent}), the stack "
+            f"({left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}). Use a stack covering the "
+            "parcels, and check that the layer's CRS is right."
+        )
+
+
 def _plan(
-    gdf: Any, stack: Stack
+    gdf: Any, stack: Stack, memory_mb: float = math.inf
 ) -> tuple[list[_Job], list[tuple[int, str, bool, tuple[float, float] | None]]]:
-    """Windows of the usable parcels, and (index, status, repaired, centroid) of the others."""
+    """Windows of the usable parcels, and (index, status, repaired, centroid) of the others.
+
+    A parcel whose window of the stack would alone take more than ``memory_mb`` as float32
+    values (a mistaken polygon over a whole tile, say) is ``too_large``: reading it could
+    exhaust the memory, and no crop parcel is that large.
+    """
     transform = stack.grid.transform
     if transform.b != 0 or transform.d != 0:
         raise StackError("Rotated image grids are not supported; warp the stack north-up first.")
@@ -402,6 +454,9 @@ def _plan(
         r0, r1 = max(row0, 0), min(row1, height)
         if c0 >= c1 or r0 >= r1:
             failed.append((index, OUTSIDE, repaired, _centre(geom)))
+            continue
+        if len(stack) * N_BANDS * 4 * (r1 - r0) * (c1 - c0) > memory_mb * 2**20:
+            failed.append((index, TOO_LARGE, repaired, _centre(geom)))
             continue
         partly = (c0, c1, r0, r1) != (col0, col1, row0, row1)
         jobs.append(_Job(index, geom, r0, r1, c0, c1, partly, repaired, _centre(geom)))
@@ -697,7 +752,8 @@ def extract(
     config = config or ExtractConfig()
     stack = open_stack(stack)
     gdf = read_parcels(parcels)
-    jobs, failed = _plan(gdf, stack)
+    # The whole budget: GDAL's cache and the row buffer (at least 17 MB, see ExtractConfig).
+    jobs, failed = _plan(gdf, stack, config.gdal_cache_mb() + config.buffer_mb())
     summary = summary if summary is not None else ExtractionSummary()
     total = len(gdf)
     t_count = len(stack)

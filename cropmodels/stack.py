@@ -264,10 +264,13 @@ class StackReader:
         without a temporary copy when given (``out`` must have the source dtype).
         """
         entry = self.stack.dates[t]
-        if entry.parts:
-            values, clear, _ = self._read_mosaic(entry, window, out, out_clear, False)
-            return values, clear
-        values, clear, _, _ = self._read_one(entry, window, out, out_clear, False)
+        try:
+            if entry.parts:
+                values, clear, _ = self._read_mosaic(entry, window, out, out_clear, False)
+                return values, clear
+            values, clear, _, _ = self._read_one(entry, window, out, out_clear, False)
+        except OSError as exc:  # rasterio's RasterioIOError: a damaged or truncated file
+            raise _unreadable(entry, exc) from exc
         return values, clear
 
     def read_with_mask(self, t: int, window: Any) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -276,9 +279,12 @@ class StackReader:
         In a mosaic the mask of each pixel comes from the part its values come from.
         """
         entry = self.stack.dates[t]
-        if entry.parts:
-            return self._read_mosaic(entry, window, None, None, True)
-        values, clear, _, mask = self._read_one(entry, window, None, None, True)
+        try:
+            if entry.parts:
+                return self._read_mosaic(entry, window, None, None, True)
+            values, clear, _, mask = self._read_one(entry, window, None, None, True)
+        except OSError as exc:
+            raise _unreadable(entry, exc) from exc
         return values, clear, mask
 
     def _read_one(
@@ -375,6 +381,19 @@ class StackReader:
             out[[p for p, _ in pairs]] = data
         assert out is not None
         return out
+
+
+def _unreadable(entry: DateEntry, exc: OSError) -> StackError:
+    """The error for a date whose pixels GDAL cannot decode (the file opened, so the damage is
+    further in: a truncated download or copy), naming the file and what to do."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    named = [Path(f).name for f in entry.files if Path(f).name in text] or [
+        Path(f).name for f in entry.files
+    ]
+    return StackError(
+        f"Cannot read the image of {entry.date} ({', '.join(named)}): it is damaged or "
+        f"incomplete ({text[:200]}). Download or copy it again, or remove it from the stack."
+    )
 
 
 class _WindowReader:
@@ -684,8 +703,17 @@ def _date_file(
 ) -> tuple[dt.date | None, list[BandRef], BandRef | None, dict[str, Any]]:
     """Inspect one raster: its date, the paper bands it holds, an SCL band, and its metadata."""
     import rasterio
+    from rasterio.errors import RasterioIOError
 
-    with rasterio.open(path) as ds:
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise StackError(
+            f"Cannot open {path.name} as a raster: it is damaged, incomplete or not an image "
+            f"({str(exc).splitlines()[0][:200]}). Download or copy it again, or remove it "
+            "from the stack."
+        ) from exc
+    with ds:
         date = parse_date(path.name) or _tag_date(ds)
         descriptions = [
             d or ds.tags(i).get("BAND_NAME") or "" for i, d in enumerate(ds.descriptions, start=1)
