@@ -383,7 +383,7 @@ def check_parcels(gdf: Any, stack: Stack) -> None:
             "Properties > Source, or a .prj beside a shapefile) and run again."
         )
     geoms = gdf.geometry
-    present = geoms[geoms.notna() & ~geoms.is_empty]
+    present = geoms[[g is not None and not g.is_empty for g in geoms.values]]
     if not len(present):
         raise ParcelError(
             f"None of the {len(gdf)} features of the parcel layer has a geometry (all are "

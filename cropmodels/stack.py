@@ -897,7 +897,13 @@ def _from_multiband(path: Path, options: dict[str, Any]) -> Stack:
         )
         if key is None:
             continue
-        groups.setdefault(date, {})[key] = index
+        previous = groups.setdefault(date, {}).get(key)
+        if previous is not None:
+            raise StackError(
+                f"Bands {previous} and {index} of {path.name} both hold {key} of {date}; "
+                "describe each date's band once (e.g. 20190305_B02), keeping one image per date."
+            )
+        groups[date][key] = index
     entries = []
     for date in sorted(groups):
         names = groups[date]

@@ -19,6 +19,8 @@ import rasterio
 from helpers import ROOT
 from sample_data import PARCELS, SCL, STACK, copy_dates, read_date, write_raster
 
+PARCELS_PATH = PARCELS
+
 BAD = ROOT / "tests" / "data" / "bad"
 BAD_PARCELS = BAD / "parcels"
 BAD_STACKS = BAD / "stacks"
