@@ -343,10 +343,20 @@ def read_parcels(parcels: Any, layer: str | None = None) -> Any:
     path = Path(parcels)
     if not path.exists():
         raise ParcelError(f"The parcel file {path} does not exist.")
+    noise = logging.getLogger("fiona._env")
+    noise.addFilter(_null_geometry_noise)
     try:
         return gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
     except Exception as exc:  # fiona raises many types
         raise ParcelError(f"Cannot read parcels from {path}: {exc}") from exc
+    finally:
+        noise.removeFilter(_null_geometry_noise)
+
+
+def _null_geometry_noise(record: logging.LogRecord) -> bool:
+    """Drop fiona's ERROR record for each null geometry it reads ("Pointer 'hGeom' is NULL"):
+    not an error here, such a parcel gets the status invalid_geometry."""
+    return "'hGeom' is NULL" not in record.getMessage()
 
 
 def _polygonal(geom: Any) -> tuple[Any | None, bool]:

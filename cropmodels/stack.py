@@ -698,22 +698,27 @@ def _match_bands(descriptions: Sequence[str | None], where: str) -> dict[str, in
     return found
 
 
-def _date_file(
-    path: Path, options: dict[str, Any]
-) -> tuple[dt.date | None, list[BandRef], BandRef | None, dict[str, Any]]:
-    """Inspect one raster: its date, the paper bands it holds, an SCL band, and its metadata."""
+def _open_raster(path: str | Path) -> Any:
+    """``rasterio.open(path)``; a file GDAL cannot open (cut inside its header, not an image)
+    is a :class:`StackError` naming it and saying what to do."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
     try:
-        ds = rasterio.open(path)
+        return rasterio.open(path)
     except RasterioIOError as exc:
         raise StackError(
-            f"Cannot open {path.name} as a raster: it is damaged, incomplete or not an image "
-            f"({str(exc).splitlines()[0][:200]}). Download or copy it again, or remove it "
+            f"Cannot open {Path(path).name} as a raster: it is damaged, incomplete or not an "
+            f"image ({str(exc).splitlines()[0][:200]}). Download or copy it again, or remove it "
             "from the stack."
         ) from exc
-    with ds:
+
+
+def _date_file(
+    path: Path, options: dict[str, Any]
+) -> tuple[dt.date | None, list[BandRef], BandRef | None, dict[str, Any]]:
+    """Inspect one raster: its date, the paper bands it holds, an SCL band, and its metadata."""
+    with _open_raster(path) as ds:
         date = parse_date(path.name) or _tag_date(ds)
         descriptions = [
             d or ds.tags(i).get("BAND_NAME") or "" for i, d in enumerate(ds.descriptions, start=1)
@@ -807,7 +812,9 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> Stack:
         missing = [b for b in PAPER_BANDS if b not in slot["bands"]]
         if missing:
             raise StackError(
-                f"The images of {date} ({', '.join(slot['files'])}) lack {', '.join(missing)}."
+                f"The images of {date} ({', '.join(slot['files'])}) lack {', '.join(missing)}. "
+                f"Every date needs the ten bands {', '.join(PAPER_BANDS)}: add the missing "
+                "files or remove that date from the stack."
             )
         refs = tuple(slot["bands"][b][0] for b in PAPER_BANDS)
         first_meta = slot["bands"][PAPER_BANDS[0]][1]  # B02 is a 10 m band: its grid rules
@@ -835,15 +842,13 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> Stack:
 
 
 def _grid_notes(entries: Iterable[DateEntry], reference: Grid) -> list[str]:
-    import rasterio
-
     notes = []
     seen: dict[str, Grid] = {}
     for entry in entries:
         refs = [*entry.bands, *([entry.cloud] if entry.cloud else [])]
         for ref in refs:
             if ref.path not in seen:
-                with rasterio.open(ref.path) as ds:
+                with _open_raster(ref.path) as ds:
                     seen[ref.path] = _grid_of(ds)
             grid = seen[ref.path]
             if not grid.same_as(reference):
@@ -857,9 +862,7 @@ def _grid_notes(entries: Iterable[DateEntry], reference: Grid) -> list[str]:
 
 
 def _from_multiband(path: Path, options: dict[str, Any]) -> Stack:
-    import rasterio
-
-    with rasterio.open(path) as ds:
+    with _open_raster(path) as ds:
         descriptions = [d or "" for d in ds.descriptions]
         dated = [(i, parse_date(d), d) for i, d in enumerate(descriptions, start=1)]
         grid = _grid_of(ds)

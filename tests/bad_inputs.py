@@ -211,6 +211,24 @@ def stack_missing_band(folder: Path) -> Path:
     return stack
 
 
+def stack_missing_band_file(folder: Path) -> Path:
+    """One date as one file per band (``S2_<date>_B02.tif`` ...) without its B8A file."""
+    stack = few_dates(folder, FEW_DATES[:3])
+    values, _, profile = read_date(FEW_DATES[3])
+    for i, band in enumerate(_bands()):
+        if band != "B8A":
+            write_date(stack, f"S2_{FEW_DATES[3]}_{band}.tif", values[i : i + 1], profile)
+    return stack
+
+
+def stack_truncated_mask(folder: Path) -> Path:
+    """A cloud mask sidecar (``scl/S2_<date>_SCL.tif``) cut after its first 200 bytes."""
+    stack = few_dates(folder, FEW_DATES[:3])
+    mask = stack / "scl" / f"S2_{FEW_DATES[1]}_SCL.tif"
+    mask.write_bytes(mask.read_bytes()[:200])
+    return stack
+
+
 def stack_missing_dates(folder: Path) -> Path:
     """Three dates of the season only (the model's grid has 24): resampled in time."""
     return few_dates(folder, ("20180419", "20180628", "20180918"))

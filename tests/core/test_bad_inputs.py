@@ -225,14 +225,18 @@ def test_unknown_label_codes_are_refused_by_training_with_what_to_do(tmp_path, f
         (bad.stack_unparseable_date, ("Cannot tell the date of S2_latest.tif", "file name")),
         (bad.stack_wrong_band_count, ("has 7 bands without band names", "exactly ten")),
         (bad.stack_missing_band, ("lacks B8A", "ten bands")),
+        (bad.stack_missing_band_file, ("The images of 2018-06-28", "lack B8A",
+                                        "add the missing files")),
         (bad.stack_truncated, ("Cannot read the image of 2018-07-23",
                                "S2_20180723_truncated.tif", "Download or copy it again")),
         (bad.stack_header_truncated, ("Cannot open S2_20180723.tif as a raster",
                                       "Download or copy it again")),
+        (bad.stack_truncated_mask, ("Cannot open S2_20180419_SCL.tif as a raster",
+                                    "Download or copy it again")),
         (bad.stack_out_of_season, ("do not overlap the season", "use a stack covering")),
     ],
-    ids=["unparseable_date", "wrong_band_count", "missing_band", "truncated_tiff",
-         "truncated_header", "out_of_season"],
+    ids=["unparseable_date", "wrong_band_count", "missing_band", "missing_band_file",
+         "truncated_tiff", "truncated_header", "truncated_mask", "out_of_season"],
 )  # fmt: skip
 def test_bad_stacks_are_refused(tmp_path, capsys, build, phrases):
     stack = build(tmp_path / "stack")
