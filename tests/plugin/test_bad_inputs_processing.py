@@ -190,8 +190,14 @@ def test_unknown_label_codes_are_refused_by_training_with_what_to_do(provider, t
             "ARCHITECTURE": "gru", "EPOCHS": 1, "CROSS_VALIDATE": False,
             "CLASS_MAP": str(class_map), "DEVICE": "cpu", "OUTPUT": str(out / "m.json"),
             "REPORT": str(out / "m.html")}),
-        "4444 (6 parcels)", "--class-map",
+        "4444 (6 parcels)", "in QGIS 'Label codes not in the class mapping'",
     )  # fmt: skip
+    result = run("cropclassifier:train_model", {
+        "PARCELS": str(parcels), "LABEL_FIELD": "crop_code", "STACK": str(few),
+        "ARCHITECTURE": "gru", "EPOCHS": 1, "CROSS_VALIDATE": False, "FOLDS": 3,
+        "CLASS_MAP": str(class_map), "UNKNOWN_CODES": "exclude", "DEVICE": "cpu",
+        "OUTPUT": str(out / "m.json"), "REPORT": str(out / "m.html")})  # fmt: skip
+    assert (result["N_PARCELS"], result["N_CLASSES"]) == (12, 2)
 
 
 # -- stacks ----------------------------------------------------------------------------------
