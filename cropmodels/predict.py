@@ -61,6 +61,7 @@ from .extract import (
     ExtractConfig,
     ExtractionSummary,
     ParcelData,
+    check_parcels,
     extract,
 )
 from .modelcard import ModelCard, model_paths
@@ -966,7 +967,7 @@ def classify_to_file(
 
     import pandas as pd
 
-    from .extract import check_parcels, read_parcels
+    from .extract import read_parcels
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -53,6 +53,7 @@ SETTINGS = settings(
     max_examples=12,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,  # the same examples on every run: a failure is reproducible
+    database=None,
 )
 
 
