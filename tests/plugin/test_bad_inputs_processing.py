@@ -13,7 +13,13 @@ from pathlib import Path
 
 import bad_inputs as bad
 import pytest
-from qgis.core import NULL, QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
+from qgis.core import (
+    NULL,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsVectorLayer,
+)
 
 from parcel_crop_classifier.cropmodels.store import Store
 from sample_data import PARCELS
@@ -143,10 +149,16 @@ def test_a_parcel_larger_than_the_memory_budget_is_too_large(provider, tmp_path)
 def test_point_and_line_layers_are_refused(provider, tmp_path, few, layer, kind):
     out = tmp_path / "o"
     refused([layer, few], out, lambda: classify(layer, few, out / "x.gpkg"), "polygon")
-    # as a layer object too, the way the dialog passes it
+    # as a layer of the project too, the way the dialog passes it. The project owns it: QGIS
+    # keeps the failed algorithm's frames (and so its parameters) alive, and a layer owned by
+    # Python would then be destroyed after QGIS at exit, crashing the interpreter.
     vector = QgsVectorLayer(str(layer), kind, "ogr")
     assert vector.isValid()
-    refused([layer, few], out, lambda: classify(vector, few, out / "y.gpkg"), "polygon")
+    QgsProject.instance().addMapLayer(vector)
+    try:
+        refused([layer, few], out, lambda: classify(vector, few, out / "y.gpkg"), "polygon")
+    finally:
+        QgsProject.instance().removeMapLayer(vector.id())
 
 
 def test_non_ascii_and_spaces_in_every_path(provider, tmp_path):
