@@ -379,11 +379,18 @@ def _polygonal(geom: Any) -> tuple[Any | None, bool]:
     return None, repaired
 
 
+POLYGONAL = frozenset({"Polygon", "MultiPolygon", "GeometryCollection"})
+
+
 def check_parcels(gdf: Any, stack: Stack) -> None:
     """Raise :class:`ParcelError` when the layer as a whole cannot be classified: it has no
     polygon at all (a point or line layer, or only empty geometries), or none of its parcels
     overlaps the stack (another area, or a wrong CRS). A few bad parcels among good ones are
     not an error: they get their status. Called before any pixel is read or file written.
+
+    Cheap on a usable layer: it stops at the first polygon over the stack, compared in the
+    layer's own CRS with the stack's extent reprojected (densified, so a little generous: a
+    parcel just beyond a corner of the stack passes here and gets ``outside_stack``).
     """
     if not len(gdf):
         return
@@ -392,36 +399,47 @@ def check_parcels(gdf: Any, stack: Stack) -> None:
             "The parcel layer has no coordinate reference system; set its CRS (Layer "
             "Properties > Source, or a .prj beside a shapefile) and run again."
         )
-    geoms = gdf.geometry
-    present = geoms[[g is not None and not g.is_empty for g in geoms.values]]
-    if not len(present):
+    left, bottom, right, top = stack.grid.bounds
+    crs_text = stack.grid.crs.to_string()
+    if gdf.crs != stack.grid.crs:
+        from pyproj import Transformer
+
+        to_layer = Transformer.from_crs(stack.grid.crs.to_wkt(), gdf.crs, always_xy=True)
+        left, bottom, right, top = to_layer.transform_bounds(
+            left, bottom, right, top, densify_pts=21
+        )
+        crs_text = gdf.crs.to_string()
+    present = False
+    other_kinds: set[str] = set()
+    span = [math.inf, math.inf, -math.inf, -math.inf]
+    for geom in gdf.geometry.values:
+        if geom is None or geom.is_empty:
+            continue
+        present = True
+        if geom.geom_type not in POLYGONAL:
+            other_kinds.add(geom.geom_type)
+            continue
+        minx, miny, maxx, maxy = geom.bounds
+        if minx < right and maxx > left and miny < top and maxy > bottom:
+            return  # a polygon over the stack: the layer can be classified
+        span = [min(span[0], minx), min(span[1], miny), max(span[2], maxx), max(span[3], maxy)]
+    if not present:
         raise ParcelError(
             f"None of the {len(gdf)} features of the parcel layer has a geometry (all are "
             "empty or null); give a layer of parcel polygons."
         )
-    kinds = set(present.geom_type)
-    if not kinds & {"Polygon", "MultiPolygon", "GeometryCollection"}:
-        names = " and ".join(sorted(k.lower() for k in kinds))
+    if math.isinf(span[0]):  # not a single polygon
+        names = " and ".join(sorted(k.lower() for k in other_kinds))
         raise ParcelError(
             f"The parcel layer has {names} geometries; the parcels must be polygons: give a "
             "polygon layer (the parcels' outlines)."
         )
-    bounds = present.to_crs(stack.grid.crs).bounds if gdf.crs != stack.grid.crs else present.bounds
-    left, bottom, right, top = stack.grid.bounds
-    overlaps = (
-        (bounds["minx"] < right) & (bounds["maxx"] > left)
-        & (bounds["miny"] < top) & (bounds["maxy"] > bottom)
-    )  # fmt: skip
-    if not overlaps.any():
-        span = (bounds["minx"].min(), bounds["miny"].min(), bounds["maxx"].max(),
-                bounds["maxy"].max())  # fmt: skip
-        extent = ", ".join(f"{v:.0f}" for v in span)
-        raise ParcelError(
-            f"None of the {len(gdf)} parcels overlaps the image stack: in "
-            f"{stack.grid.crs.to_string()} the parcels span ({extent}), the stack "
-            f"({left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}). Use a stack covering the "
-            "parcels, and check that the layer's CRS is right."
-        )
+    extent = ", ".join(f"{v:.6g}" for v in span)
+    raise ParcelError(
+        f"None of the {len(gdf)} parcels overlaps the image stack: in {crs_text} the parcels "
+        f"span ({extent}), the stack ({left:.6g}, {bottom:.6g}, {right:.6g}, {top:.6g}). Use "
+        "a stack covering the parcels, and check that the layer's CRS is right."
+    )
 
 
 def _plan(
