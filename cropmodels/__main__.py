@@ -228,12 +228,13 @@ def _label_codes(gdf, field: str) -> list[int | None]:
 def cmd_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .extract import ExtractConfig, ExtractionSummary, extract, read_parcels
+    from .extract import ExtractConfig, ExtractionSummary, check_parcels, extract, read_parcels
     from .stack import open_stack
     from .store import write_store
 
     stack = open_stack(args.stack)
     gdf = read_parcels(args.parcels, layer=args.layer)
+    check_parcels(gdf, stack)
     labels = _label_codes(gdf, args.label_field) if args.label_field else None
     if args.id_field and args.id_field not in gdf.columns:
         raise ValueError(f"The parcel layer has no field {args.id_field!r}.")

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -69,6 +70,7 @@ PARTLY_OUTSIDE = "partly_outside"
 TOO_SMALL = "too_small"
 NO_CLEAR = "no_clear_observation"
 INVALID = "invalid_geometry"
+TOO_LARGE = "too_large"
 STATUS_TEXT = {
     OK: "extracted",
     PARTLY_OUTSIDE: "extracted from the part of the parcel inside the stack",
@@ -76,6 +78,7 @@ STATUS_TEXT = {
     TOO_SMALL: "the parcel contains no pixel centre (smaller than a pixel)",
     NO_CLEAR: "no pixel of the parcel is clear on any date",
     INVALID: "empty, missing or non-polygon geometry",
+    TOO_LARGE: "the parcel's window of the stack is larger than the memory budget",
 }
 USABLE = frozenset({OK, PARTLY_OUTSIDE})
 # Rows of previous chunks kept for the parcels still pending, at least, when choosing chunks as
@@ -344,10 +347,20 @@ def read_parcels(parcels: Any, layer: str | None = None) -> Any:
     path = Path(parcels)
     if not path.exists():
         raise ParcelError(f"The parcel file {path} does not exist.")
+    noise = logging.getLogger("fiona._env")
+    noise.addFilter(_null_geometry_noise)
     try:
         return gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
     except Exception as exc:  # fiona raises many types
         raise ParcelError(f"Cannot read parcels from {path}: {exc}") from exc
+    finally:
+        noise.removeFilter(_null_geometry_noise)
+
+
+def _null_geometry_noise(record: logging.LogRecord) -> bool:
+    """Drop fiona's ERROR record for each null geometry it reads ("Pointer 'hGeom' is NULL"):
+    not an error here, such a parcel gets the status invalid_geometry."""
+    return "'hGeom' is NULL" not in record.getMessage()
 
 
 def _polygonal(geom: Any) -> tuple[Any | None, bool]:
@@ -370,10 +383,78 @@ def _polygonal(geom: Any) -> tuple[Any | None, bool]:
     return None, repaired
 
 
+POLYGONAL = frozenset({"Polygon", "MultiPolygon", "GeometryCollection"})
+
+
+def check_parcels(gdf: Any, stack: Stack) -> None:
+    """Raise :class:`ParcelError` when the layer as a whole cannot be classified: it has no
+    polygon at all (a point or line layer, or only empty geometries), or none of its parcels
+    overlaps the stack (another area, or a wrong CRS). A few bad parcels among good ones are
+    not an error: they get their status. Called before any pixel is read or file written.
+
+    Cheap on a usable layer: it stops at the first polygon over the stack, compared in the
+    layer's own CRS with the stack's extent reprojected (densified, so a little generous: a
+    parcel just beyond a corner of the stack passes here and gets ``outside_stack``).
+    """
+    if not len(gdf):
+        return
+    if gdf.crs is None:
+        raise ParcelError(
+            "The parcel layer has no coordinate reference system; set its CRS (Layer "
+            "Properties > Source, or a .prj beside a shapefile) and run again."
+        )
+    left, bottom, right, top = stack.grid.bounds
+    crs_text = stack.grid.crs.to_string()
+    if gdf.crs != stack.grid.crs:
+        from pyproj import Transformer
+
+        to_layer = Transformer.from_crs(stack.grid.crs.to_wkt(), gdf.crs, always_xy=True)
+        left, bottom, right, top = to_layer.transform_bounds(
+            left, bottom, right, top, densify_pts=21
+        )
+        crs_text = gdf.crs.to_string()
+    present = False
+    other_kinds: set[str] = set()
+    span = [math.inf, math.inf, -math.inf, -math.inf]
+    for geom in gdf.geometry.values:
+        if geom is None or geom.is_empty:
+            continue
+        present = True
+        if geom.geom_type not in POLYGONAL:
+            other_kinds.add(geom.geom_type)
+            continue
+        minx, miny, maxx, maxy = geom.bounds
+        if minx < right and maxx > left and miny < top and maxy > bottom:
+            return  # a polygon over the stack: the layer can be classified
+        span = [min(span[0], minx), min(span[1], miny), max(span[2], maxx), max(span[3], maxy)]
+    if not present:
+        raise ParcelError(
+            f"None of the {len(gdf)} features of the parcel layer has a geometry (all are "
+            "empty or null); give a layer of parcel polygons."
+        )
+    if math.isinf(span[0]):  # not a single polygon
+        names = " and ".join(sorted(k.lower() for k in other_kinds))
+        raise ParcelError(
+            f"The parcel layer has {names} geometries; the parcels must be polygons: give a "
+            "polygon layer (the parcels' outlines)."
+        )
+    extent = ", ".join(f"{v:.6g}" for v in span)
+    raise ParcelError(
+        f"None of the {len(gdf)} parcels overlaps the image stack: in {crs_text} the parcels "
+        f"span ({extent}), the stack ({left:.6g}, {bottom:.6g}, {right:.6g}, {top:.6g}). Use "
+        "a stack covering the parcels, and check that the layer's CRS is right."
+    )
+
+
 def _plan(
-    gdf: Any, stack: Stack
+    gdf: Any, stack: Stack, memory_mb: float = math.inf
 ) -> tuple[list[_Job], list[tuple[int, str, bool, tuple[float, float] | None]]]:
-    """Windows of the usable parcels, and (index, status, repaired, centroid) of the others."""
+    """Windows of the usable parcels, and (index, status, repaired, centroid) of the others.
+
+    A parcel whose window of the stack would alone take more than ``memory_mb`` as float32
+    values (a mistaken polygon over a whole tile, say) is ``too_large``: reading it could
+    exhaust the memory, and no crop parcel is that large.
+    """
     transform = stack.grid.transform
     if transform.b != 0 or transform.d != 0:
         raise StackError("Rotated image grids are not supported; warp the stack north-up first.")
@@ -413,6 +494,10 @@ def _plan(
         centre = (float(centres[k, 0]), float(centres[k, 1]))
         if outside[k]:
             failed.append((index, OUTSIDE, repaired, centre))
+            continue
+        window_bytes = len(stack) * N_BANDS * 4 * int(r1[k] - r0[k]) * int(c1[k] - c0[k])
+        if window_bytes > memory_mb * 2**20:
+            failed.append((index, TOO_LARGE, repaired, centre))
             continue
         jobs.append(
             _Job(index, geom, int(r0[k]), int(r1[k]), int(c0[k]), int(c1[k]), bool(partly[k]),
@@ -772,7 +857,8 @@ def extract(
     config = config or ExtractConfig()
     stack = open_stack(stack)
     gdf = read_parcels(parcels)
-    jobs, failed = _plan(gdf, stack)
+    # The whole budget: GDAL's cache and the row buffer (at least 17 MB, see ExtractConfig).
+    jobs, failed = _plan(gdf, stack, config.gdal_cache_mb() + config.buffer_mb())
     summary = summary if summary is not None else ExtractionSummary()
     total = len(gdf)
     t_count = len(stack)

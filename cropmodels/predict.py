@@ -55,11 +55,13 @@ from .extract import (
     OUTSIDE,
     PARTLY_OUTSIDE,
     STATUS_TEXT,
+    TOO_LARGE,
     TOO_SMALL,
     USABLE,
     ExtractConfig,
     ExtractionSummary,
     ParcelData,
+    check_parcels,
     extract,
 )
 from .modelcard import ModelCard, model_paths
@@ -76,7 +78,7 @@ OK = "ok"
 FEW_CLEAR = NO_CLEAR
 """Status of a parcel with fewer mostly-clear dates than ``min_clear_dates``: its few clear
 pixels are not enough to classify it, so it reports the extractor's "no clear observation"."""
-STATUSES: tuple[str, ...] = (OK, PARTLY_OUTSIDE, OUTSIDE, TOO_SMALL, NO_CLEAR, INVALID)
+STATUSES: tuple[str, ...] = (OK, PARTLY_OUTSIDE, OUTSIDE, TOO_SMALL, NO_CLEAR, INVALID, TOO_LARGE)
 CLASSIFIED = USABLE
 """Statuses of parcels that get a class (``partly_outside``: from the part inside the stack)."""
 
@@ -994,6 +996,8 @@ def classify_to_file(
         LOG.warning("The parcel layer already has a field %r: the prediction's is named %r.",
                     original, new)  # fmt: skip
 
+    opened = open_stack(stack)
+    check_parcels(gdf, opened)  # a layer that cannot be classified at all: an error, no file
     summary = PredictSummary()
     results: list[ParcelPrediction | None] = [None] * len(gdf)
     if scheduler is not None:
@@ -1005,7 +1009,7 @@ def classify_to_file(
         )  # fmt: skip
     else:
         stream = classifier.classify(
-            gdf, stack, config, progress=progress, is_cancelled=is_cancelled, summary=summary
+            gdf, opened, config, progress=progress, is_cancelled=is_cancelled, summary=summary
         )
     for prediction in stream:
         results[prediction.index] = prediction

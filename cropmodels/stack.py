@@ -264,10 +264,13 @@ class StackReader:
         without a temporary copy when given (``out`` must have the source dtype).
         """
         entry = self.stack.dates[t]
-        if entry.parts:
-            values, clear, _ = self._read_mosaic(entry, window, out, out_clear, False)
-            return values, clear
-        values, clear, _, _ = self._read_one(entry, window, out, out_clear, False)
+        try:
+            if entry.parts:
+                values, clear, _ = self._read_mosaic(entry, window, out, out_clear, False)
+                return values, clear
+            values, clear, _, _ = self._read_one(entry, window, out, out_clear, False)
+        except OSError as exc:  # rasterio's RasterioIOError: a damaged or truncated file
+            raise _unreadable(entry, exc) from exc
         return values, clear
 
     def read_with_mask(self, t: int, window: Any) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -276,9 +279,12 @@ class StackReader:
         In a mosaic the mask of each pixel comes from the part its values come from.
         """
         entry = self.stack.dates[t]
-        if entry.parts:
-            return self._read_mosaic(entry, window, None, None, True)
-        values, clear, _, mask = self._read_one(entry, window, None, None, True)
+        try:
+            if entry.parts:
+                return self._read_mosaic(entry, window, None, None, True)
+            values, clear, _, mask = self._read_one(entry, window, None, None, True)
+        except OSError as exc:
+            raise _unreadable(entry, exc) from exc
         return values, clear, mask
 
     def _read_one(
@@ -375,6 +381,19 @@ class StackReader:
             out[[p for p, _ in pairs]] = data
         assert out is not None
         return out
+
+
+def _unreadable(entry: DateEntry, exc: OSError) -> StackError:
+    """The error for a date whose pixels GDAL cannot decode (the file opened, so the damage is
+    further in: a truncated download or copy), naming the file and what to do."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    named = [Path(f).name for f in entry.files if Path(f).name in text] or [
+        Path(f).name for f in entry.files
+    ]
+    return StackError(
+        f"Cannot read the image of {entry.date} ({', '.join(named)}): it is damaged or "
+        f"incomplete ({text[:200]}). Download or copy it again, or remove it from the stack."
+    )
 
 
 class _WindowReader:
@@ -679,13 +698,27 @@ def _match_bands(descriptions: Sequence[str | None], where: str) -> dict[str, in
     return found
 
 
+def _open_raster(path: str | Path) -> Any:
+    """``rasterio.open(path)``; a file GDAL cannot open (cut inside its header, not an image)
+    is a :class:`StackError` naming it and saying what to do."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise StackError(
+            f"Cannot open {Path(path).name} as a raster: it is damaged, incomplete or not an "
+            f"image ({str(exc).splitlines()[0][:200]}). Download or copy it again, or remove it "
+            "from the stack."
+        ) from exc
+
+
 def _date_file(
     path: Path, options: dict[str, Any]
 ) -> tuple[dt.date | None, list[BandRef], BandRef | None, dict[str, Any]]:
     """Inspect one raster: its date, the paper bands it holds, an SCL band, and its metadata."""
-    import rasterio
-
-    with rasterio.open(path) as ds:
+    with _open_raster(path) as ds:
         date = parse_date(path.name) or _tag_date(ds)
         descriptions = [
             d or ds.tags(i).get("BAND_NAME") or "" for i, d in enumerate(ds.descriptions, start=1)
@@ -779,7 +812,9 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> Stack:
         missing = [b for b in PAPER_BANDS if b not in slot["bands"]]
         if missing:
             raise StackError(
-                f"The images of {date} ({', '.join(slot['files'])}) lack {', '.join(missing)}."
+                f"The images of {date} ({', '.join(slot['files'])}) lack {', '.join(missing)}. "
+                f"Every date needs the ten bands {', '.join(PAPER_BANDS)}: add the missing "
+                "files or remove that date from the stack."
             )
         refs = tuple(slot["bands"][b][0] for b in PAPER_BANDS)
         first_meta = slot["bands"][PAPER_BANDS[0]][1]  # B02 is a 10 m band: its grid rules
@@ -807,15 +842,13 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> Stack:
 
 
 def _grid_notes(entries: Iterable[DateEntry], reference: Grid) -> list[str]:
-    import rasterio
-
     notes = []
     seen: dict[str, Grid] = {}
     for entry in entries:
         refs = [*entry.bands, *([entry.cloud] if entry.cloud else [])]
         for ref in refs:
             if ref.path not in seen:
-                with rasterio.open(ref.path) as ds:
+                with _open_raster(ref.path) as ds:
                     seen[ref.path] = _grid_of(ds)
             grid = seen[ref.path]
             if not grid.same_as(reference):
@@ -829,9 +862,7 @@ def _grid_notes(entries: Iterable[DateEntry], reference: Grid) -> list[str]:
 
 
 def _from_multiband(path: Path, options: dict[str, Any]) -> Stack:
-    import rasterio
-
-    with rasterio.open(path) as ds:
+    with _open_raster(path) as ds:
         descriptions = [d or "" for d in ds.descriptions]
         dated = [(i, parse_date(d), d) for i, d in enumerate(descriptions, start=1)]
         grid = _grid_of(ds)
@@ -869,7 +900,13 @@ def _from_multiband(path: Path, options: dict[str, Any]) -> Stack:
         )
         if key is None:
             continue
-        groups.setdefault(date, {})[key] = index
+        previous = groups.setdefault(date, {}).get(key)
+        if previous is not None:
+            raise StackError(
+                f"Bands {previous} and {index} of {path.name} both hold {key} of {date}; "
+                "describe each date's band once (e.g. 20190305_B02), keeping one image per date."
+            )
+        groups[date][key] = index
     entries = []
     for date in sorted(groups):
         names = groups[date]

@@ -70,6 +70,7 @@ from .extract import (
     OK,
     OUTSIDE,
     PARTLY_OUTSIDE,
+    TOO_LARGE,
     TOO_SMALL,
     USABLE,
     ParcelData,
@@ -83,7 +84,9 @@ FORMAT_NAME = "cropmodels-parcel-store"
 FORMAT_VERSION = 1
 UNLABELLED = -1
 # Codes are part of the format: append new statuses, never renumber.
-STATUS_CODES: tuple[str, ...] = (OK, PARTLY_OUTSIDE, OUTSIDE, TOO_SMALL, NO_CLEAR, INVALID)
+STATUS_CODES: tuple[str, ...] = (
+    OK, PARTLY_OUTSIDE, OUTSIDE, TOO_SMALL, NO_CLEAR, INVALID, TOO_LARGE,
+)  # fmt: skip
 UNIT = "reflectance x 10000 (offset removed), rounded to uint16, clipped to [0, 65535]"
 FEATURE_NAMES: tuple[str, ...] = tuple(f"{b}_mean" for b in PAPER_BANDS) + tuple(
     f"{b}_std" for b in PAPER_BANDS

@@ -334,8 +334,9 @@ def plan_labels(
             raise ValueError(
                 f"{len(unknown)} label code(s) are not in {origin}: {listed}"
                 f"{' ...' if len(unknown) > 10 else ''}. Add them to a class mapping "
-                "(--class-map), or exclude them (--unknown-codes exclude) or merge them into "
-                "'Other' (--unknown-codes other)"
+                "(--class-map; in QGIS 'Class mapping (CSV)'), or exclude them or merge them "
+                "into 'Other' (--unknown-codes exclude|other; in QGIS 'Label codes not in the "
+                "class mapping')"
             )
         if unknown_codes == "exclude":
             excluded["unknown_code"] = sum(counts.values())

@@ -39,6 +39,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...cropmodels import predict
+from ...cropmodels.extract import check_parcels
 from ...cropmodels.files import check_output_folder
 from ...cropmodels.modelcard import ModelCard
 from ...cropmodels.stack import open_stack
@@ -108,11 +109,11 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
             "crop_code and crop_class (the predicted class), confidence (its probability), "
             "margin (top probability minus the second), one p_<class> probability per class, "
             "n_clear_dates and status (ok, or why a parcel got no class: outside_stack, "
-            "too_small, no_clear_observation, invalid_geometry; partly_outside parcels are "
-            "classified from their part inside the stack; parcels with fewer mostly clear dates "
-            "than the advanced minimum, 1 by default, get no_clear_observation). A field "
-            "already named like one of "
-            "these keeps its name and values; the new one gets the suffix _pred.\n\n"
+            "too_small, too_large, no_clear_observation, invalid_geometry; partly_outside "
+            "parcels are classified from their part inside the stack; parcels with fewer "
+            "mostly clear dates than the advanced minimum, 1 by default, get "
+            "no_clear_observation). A field already named like one of these keeps its name and "
+            "values; the new one gets the suffix _pred.\n\n"
             "Stack: {stack}. When its dates differ from the model's, each parcel's series is "
             "resampled in time onto the model's dates.\n\n"
             "Model: the name of a bundled model ({bundled}) or a model file (.json with its "
@@ -241,6 +242,7 @@ class ClassifyParcelsAlgorithm(CropAlgorithm):
                 )
             )
             table = read_parcels(source, [declared] if declared else [], steps)
+            check_parcels(table.gdf, stack)  # polygons, some over the stack: else an error
             n = len(table.fids)
 
             steps.setCurrentStep(1)

@@ -276,9 +276,10 @@ def extract_to_store(
 ) -> Any:
     """Extract the parcels of ``table`` into a store at ``out`` (replaced if it is a store);
     returns the core's ``StoreSummary``."""
-    from ...cropmodels.extract import ExtractConfig, extract
+    from ...cropmodels.extract import ExtractConfig, check_parcels, extract
     from ...cropmodels.store import write_store
 
+    check_parcels(table.gdf, stack)  # polygons, some over the stack: else an error, no store
     stream = extract(
         table.gdf, stack, ExtractConfig(memory_mb=memory_mb), progress=progress,
         is_cancelled=progress.is_cancelled,

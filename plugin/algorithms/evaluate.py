@@ -33,6 +33,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...cropmodels import predict
+from ...cropmodels.extract import check_parcels
 from ...cropmodels.stack import open_stack
 from .base import CropAlgorithm
 from .classify import DEVICES, bundled_model_names
@@ -161,6 +162,7 @@ class EvaluateModelsAlgorithm(CropAlgorithm):
             stack = open_stack(self.parameterAsFile(parameters, self.STACK, context))
             steps = multi_step(len(models) + 1, feedback)
             table = read_parcels(source, [label_field], steps)
+            check_parcels(table.gdf, stack)
             labels = table.attributes[label_field]
             evaluations = []
             for k, model in enumerate(models):

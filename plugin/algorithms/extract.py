@@ -71,7 +71,7 @@ class ExtractPatchesAlgorithm(CropAlgorithm):
             "Stack: {}.\n\n"
             "Label field (optional): integer crop codes, for training and evaluation. Id field "
             "(optional): the parcel's id in the store (default: the feature id). Every parcel "
-            "gets a status (ok, partly_outside, outside_stack, too_small, "
+            "gets a status (ok, partly_outside, outside_stack, too_small, too_large, "
             "no_clear_observation, invalid_geometry); one bad parcel never stops the others. "
             "The store is written completely or not at all; an existing store is replaced."
         ).format(self.tr(STACK_HELP))

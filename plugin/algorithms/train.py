@@ -49,6 +49,9 @@ from .common import (
     stack_parameter,
 )
 
+# cropmodels.train.UNKNOWN_HANDLING (not imported here: the plugin loads without torch)
+UNKNOWN_CODE_CHOICES = ("error", "exclude", "other")
+
 CANCELLED = "Cancelled: no model was written."
 GROUPINGS = ("stratified", "spatial")
 
@@ -63,6 +66,7 @@ class TrainModelAlgorithm(CropAlgorithm):
     CROSS_VALIDATE = "CROSS_VALIDATE"
     MERGE_RARE = "MERGE_RARE"
     CLASS_MAP = "CLASS_MAP"
+    UNKNOWN_CODES = "UNKNOWN_CODES"
     GROUPING = "GROUPING"
     SEED = "SEED"
     DEVICE = "DEVICE"
@@ -97,7 +101,9 @@ class TrainModelAlgorithm(CropAlgorithm):
             "Label field: integer crop codes. Classes with fewer parcels than folds cannot be "
             "cross-validated: they are dropped (with a warning) or, with 'merge rare classes', "
             "pooled into 'Other'. A class mapping CSV (source_code,code,name[,colour]) maps "
-            "codes to the model's classes and gives their names and map colours.\n\n"
+            "codes to the model's classes and gives their names and map colours; label codes "
+            "it does not list stop the run, or (advanced) are excluded or merged into "
+            "'Other'.\n\n"
             "Stack: {stack}.\n\nTraining on the CPU is slow; a CUDA GPU is used when present. "
             "Cancelling stops between batches and writes no model."
         ).format(folds=5, stack=self.tr(STACK_HELP))
@@ -162,6 +168,10 @@ class TrainModelAlgorithm(CropAlgorithm):
             QgsProcessingParameterNumber(
                 self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, 0,
                 minValue=0,
+            ),
+            QgsProcessingParameterEnum(
+                self.UNKNOWN_CODES, self.tr("Label codes not in the class mapping"),
+                options=list(UNKNOWN_CODE_CHOICES), defaultValue="error", usesStaticStrings=True,
             ),
         ]  # fmt: skip
         for parameter in advanced:
@@ -230,6 +240,10 @@ class TrainModelAlgorithm(CropAlgorithm):
                     seed=self.parameterAsInt(parameters, self.SEED, context),
                     grouping=grouping or "stratified",
                     merge_rare=self.parameterAsBool(parameters, self.MERGE_RARE, context),
+                    unknown_codes=self.parameterAsEnumString(
+                        parameters, self.UNKNOWN_CODES, context
+                    )
+                    or "error",
                     device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
                     name=stem.name,
                 )
