@@ -231,6 +231,61 @@ def test_tiny_memory_budget_streams_many_chunks_with_identical_results(stack, ex
     assert summary.peak_buffer_mb <= 0.8 * config.buffer_mb()
 
 
+def _tiled_stack(folder: Path, tiles: int = 8, n_dates: int = 6) -> Path:
+    """The sample's first dates tiled ``tiles`` x ``tiles`` times (512 x 512 px at 8) in
+    GeoTIFFs of 64 x 64 blocks: an area many blocks wide."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scl").mkdir(exist_ok=True)
+    for date in sorted(p.stem.split("_")[1] for p in STACK.glob("S2_*.tif"))[:n_dates]:
+        values, scl, profile = read_date(date)
+        big = {**profile, "width": 64 * tiles, "height": 64 * tiles, "tiled": True,
+               "blockxsize": 64, "blockysize": 64}  # fmt: skip
+        with rasterio.open(STACK / f"S2_{date}.tif") as ds:
+            names, tags = list(ds.descriptions), ds.tags()
+        write_raster(folder / f"S2_{date}.tif", np.tile(values, (1, tiles, tiles)), big,
+                     names, tags)  # fmt: skip
+        write_raster(folder / "scl" / f"S2_{date}_SCL.tif", np.tile(scl, (tiles, tiles))[None],
+                     {**big, "nodata": None})  # fmt: skip
+    return folder
+
+
+def test_column_strips_decode_whole_blocks_with_identical_results(tmp_path: Path, parcels):
+    """An area whose rows of whole blocks exceed the budget is read in column strips of whole
+    blocks (each block decoded about once, not once per thin chunk), with the same results as
+    whole rows; a parcel wider than half a strip is read in a strip of its own."""
+    folder = _tiled_stack(tmp_path / "tiled")
+    copies = [translate(g, 640.0 * i, -640.0 * j) for i in range(8) for j in range(8)
+              for g in parcels.geometry]  # fmt: skip
+    west, _, _, north = parcels.total_bounds
+    wide = box(west, north - 60, west + 3000, north - 20)  # 300 px wide, 4 rows
+    gdf = gpd.GeoDataFrame({"id": range(len(copies) + 1)}, geometry=[*copies, wide],
+                           crs=parcels.crs)  # fmt: skip
+    # 6 dates x 21 bytes x 512 columns: 192 rows of the whole width (two block rows and the
+    # tail) take 12.4 MB; 24 MB leaves 6.4 MB for rows, 512 MB leaves plenty.
+    reference_summary, strips_summary = ExtractionSummary(), ExtractionSummary()
+    reference = {r.index: r for r in extract(gdf.iloc[:-1], folder, ExtractConfig(memory_mb=512),
+                                             summary=reference_summary)}  # fmt: skip
+    assert (reference_summary.strips, reference_summary.aligned) == (1, True)
+    small = ExtractConfig(memory_mb=24)
+    stripped = {r.index: r for r in extract(gdf.iloc[:-1], folder, small,
+                                            summary=strips_summary)}  # fmt: skip
+    assert strips_summary.strips > 1
+    assert strips_summary.aligned
+    assert strips_summary.rows_read <= strips_summary.strips * 512  # no row read twice
+    assert stripped.keys() == reference.keys()
+    assert len(reference) == len(copies)
+    for i, r in reference.items():
+        assert (stripped[i].status, stripped[i].n_clear_dates) == (r.status, r.n_clear_dates)
+        np.testing.assert_array_equal(stripped[i].patches, r.patches)
+        np.testing.assert_array_equal(stripped[i].features, r.features)
+    # with the wide parcel: the same parcels, plus the wide one in a last strip
+    with_wide = {r.index: r for r in extract(gdf, folder, small)}
+    alone = next(extract(gdf.iloc[[-1]], folder, ExtractConfig(memory_mb=512)))
+    np.testing.assert_array_equal(with_wide[len(copies)].patches, alone.patches)
+    for i in (0, 17, len(copies) - 1):
+        np.testing.assert_array_equal(with_wide[i].patches, reference[i].patches)
+
+
 def test_features_only_extraction_equals_the_full_one(stack, extracted):
     """patches=False (what a feature model reads) gives the same statuses, clear dates and
     features as the full extraction, and no patch."""
