@@ -70,7 +70,7 @@ from .stack import PAPER_BANDS, Stack, open_stack
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
+    from torch import Tensor, nn
 
 LOG = logging.getLogger(__name__)
 
@@ -868,16 +868,19 @@ class Classifier:
             torch.cuda.empty_cache()
 
     def _inputs(self, batch: list[ParcelData]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stack-date arrays of a batch, quantised as a store holds them."""
+        """Stack-date arrays of a batch, quantised as a store holds them (uint16 values)."""
         if self.card.input_kind == FEATURES:
             x = np.stack([d.features for d in batch]).astype(np.float32, copy=False)
             return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), None
-        x = np.stack([d.patches for d in batch])
-        np.rint(x, out=x)
-        np.clip(x, 0, 65535, out=x)
-        if np.isnan(x.max()):  # never from the extractor; one reduction instead of three masks
-            np.nan_to_num(x, copy=False, nan=0.0)
-        return x.astype(np.float32, copy=False), np.stack([d.mask for d in batch])
+        x = np.stack([d.patches for d in batch]).astype(np.float32, copy=False)
+        # In place, in torch's threads: NaN (never from the extractor) -> 0, then rint and clip
+        # to 0..65535. numpy's clip alone took longer than the three (about 15 ms for 64 parcels
+        # x 24 dates).
+        import torch
+
+        xt = torch.from_numpy(x)
+        torch.nan_to_num_(xt, nan=0.0, posinf=65535.0, neginf=0.0).round_().clamp_(0, 65535)
+        return x, np.stack([d.mask for d in batch])
 
     def _run(
         self, batch: list[ParcelData], alignment: TimeAlignment, batcher: AdaptiveBatcher
@@ -894,14 +897,26 @@ class Classifier:
         doy_all = torch.as_tensor(alignment.doy, device=dev)
         amp = dev.type == "cuda" and self.card.architecture not in AMP_EXCLUDED
 
-        def forward(start: int, stop: int) -> np.ndarray:
-            xt = torch.from_numpy(x[start:stop]).to(dev)
-            mt = None if mask is None else torch.from_numpy(mask[start:stop]).to(dev)
+        def prepared(xt: Tensor, mt: Tensor | None) -> Tensor:
+            """Resampled to the model's dates and normalised, in place on ``xt`` (which must be
+            a copy: the batcher may retry a slice)."""
             if weights is not None:  # (Tm, Ts) @ (B, Ts, rest) -> (B, Tm, rest)
                 shape = xt.shape
                 xt = torch.matmul(weights, xt.reshape(shape[0], shape[1], -1))
                 xt = xt.reshape(shape[0], weights.shape[0], *shape[2:])
-            xt = self.normaliser.apply_torch(xt, mt)
+            return self.normaliser.apply_torch_(xt, mt)
+
+        on_cpu = dev.type == "cpu"
+        if on_cpu:  # the whole batch at once, in place: it is ours (_inputs made it)
+            all_masks = None if mask is None else torch.from_numpy(mask)
+            x_ready = prepared(torch.from_numpy(x), all_masks)
+
+        def forward(start: int, stop: int) -> np.ndarray:
+            mt = None if mask is None else torch.from_numpy(mask[start:stop]).to(dev)
+            if on_cpu:
+                xt = x_ready[start:stop]
+            else:  # .to() copies to the device: normalised there
+                xt = prepared(torch.from_numpy(x[start:stop]).to(dev), mt)
             doy = doy_all.expand(stop - start, -1)
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
                 logits = _forward(self.model, xt, mt, doy)

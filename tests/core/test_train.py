@@ -400,6 +400,14 @@ def test_patch_statistics_use_parcel_pixels_only_and_keep_outside_zero():
 
     torch_out = norm.apply_torch(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
     np.testing.assert_allclose(torch_out, out, atol=1e-5)
+    # in place (what classification uses on its own batches): the same values, in x's memory
+    inplace = torch.from_numpy(x.copy())
+    assert norm.apply_torch_(inplace, torch.from_numpy(mask)) is inplace
+    np.testing.assert_array_equal(inplace.numpy(), torch_out)
+    features = torch.from_numpy(x[:, :, :, 0, 0].copy())
+    feature_norm = Normaliser(norm.mean, norm.std, "features")
+    expected = feature_norm.apply_torch(features.clone()).numpy()
+    np.testing.assert_array_equal(feature_norm.apply_torch_(features).numpy(), expected)
 
 
 def test_feature_statistics_floor_constant_channels_and_round_trip_a_card():
