@@ -72,16 +72,27 @@ def child(model_name: str, step: int, task: str, size: int = 2745) -> dict[str, 
     elif task == "extract":
         for _ in extract(gdf, stack):
             n += 1
-    else:  # inference alone on random inputs of the same count
+    else:  # inference alone on random inputs of the same count, run as classify runs it
+        from cropmodels.predict import _CpuForwardPool
         from cropmodels.train import _forward
 
         batch = 64
         x = torch.randn(batch, len(stack), 10, 32, 32)
         doy = torch.as_tensor(grid).expand(batch, -1)
-        with torch.inference_mode():
+        pool = _CpuForwardPool.start()
+
+        def compute(a: int, b: int) -> Any:
+            with torch.inference_mode():
+                logits = _forward(classifier.model, x[a:b], None, doy[a:b])
+                return torch.softmax(logits, dim=1).numpy()
+
+        try:
             while n < len(gdf):
-                torch.softmax(_forward(classifier.model, x, None, doy), dim=1)
+                pool.map_slices(compute, 0, batch) if pool else compute(0, batch)
                 n += batch
+        finally:
+            if pool is not None:
+                pool.close()
     return {
         "seconds": time.perf_counter() - started,
         "n_parcels": len(gdf),

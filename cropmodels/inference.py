@@ -7,6 +7,8 @@ mode (logits equal to float rounding, tested for every architecture) with less w
   BatchNorm (an affine map per channel in eval mode) is folded into the convolution's weights and
   bias, and ReLU, which commutes with max, runs on the pooled map (4x fewer values);
 - convolution weights in channels-last memory order, which oneDNN runs faster on CPUs;
+- on a CPU, 2 x 2 max-pooling as two elementwise maxima over the channels-last map
+  (:class:`MaxPool2x2`);
 - on a CPU, the per-date convolutional encoder run over cache-sized chunks of images
   (:class:`ChunkedEncoder`): the largest single gain, as the first convolution's output otherwise
   goes to memory and back before pooling;
@@ -138,6 +140,42 @@ class ChunkedEncoder(nn.Module):
         return out
 
 
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` (stride 2, no padding, floor mode) as two elementwise maxima over a
+    channels-last view: the same values (a max is exact), about twice as fast as PyTorch's CPU
+    max-pool kernel on the channels-last maps of the per-date encoders."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        h2, w2 = h // 2, w // 2
+        p = x[:, :, : 2 * h2, : 2 * w2].permute(0, 2, 3, 1).reshape(n, h2, 2, w2, 2, c)
+        rows = torch.maximum(p[:, :, 0], p[:, :, 1])  # (n, h2, w2, 2, c)
+        return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).permute(0, 3, 1, 2)
+
+
+def _is_plain_2x2_pool(module: nn.Module) -> bool:
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    return (
+        isinstance(module, nn.MaxPool2d)
+        and pair(module.kernel_size) == (2, 2)
+        and pair(module.stride or module.kernel_size) == (2, 2)
+        and pair(module.padding) == (0, 0)
+        and pair(module.dilation) == (1, 1)
+        and not module.ceil_mode
+        and not module.return_indices
+    )
+
+
+def _replace_pools(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if _is_plain_2x2_pool(child):
+            setattr(module, name, MaxPool2x2())
+        else:
+            _replace_pools(child)
+
+
 def _rewrite(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         replacement: nn.Module | None = None
@@ -166,6 +204,7 @@ def for_inference(model: nn.Module, device: Any = None) -> nn.Module:
     if dev.type == "cpu":
         spatial = getattr(fast, "spatial", None)
         if isinstance(spatial, nn.Sequential):  # conv_encoder: images encoded independently
+            _replace_pools(spatial)
             fast.spatial = ChunkedEncoder(spatial)
         fast = fast.to(memory_format=torch.channels_last)
     return fast

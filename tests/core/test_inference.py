@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cropmodels.architectures import FEATURES, get_model, get_spec, list_models
-from cropmodels.inference import ChunkedEncoder, InferenceGRU, for_inference
+from cropmodels.inference import ChunkedEncoder, InferenceGRU, MaxPool2x2, for_inference
 
 
 def _trained_like(name: str) -> nn.Module:
@@ -72,7 +72,19 @@ def test_rewrite_folds_batchnorm_and_replaces_the_gru():
     assert nn.GRU not in kinds
     assert InferenceGRU in kinds
     assert isinstance(fast.spatial, ChunkedEncoder)
+    assert nn.MaxPool2d not in {type(m) for m in fast.spatial.modules()}
+    assert MaxPool2x2 in kinds
     assert all(not p.requires_grad for p in fast.parameters())
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 30, 30), (2, 16, 13, 13), (1, 4, 2, 5), (2, 3, 3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_two_by_two_max_pool_equals_pytorchs(shape, channels_last):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x[0, 0, 0, 0] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(MaxPool2x2()(x), nn.MaxPool2d(2)(x), equal_nan=True, rtol=0, atol=0)
 
 
 def test_the_original_model_is_untouched():

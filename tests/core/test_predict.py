@@ -148,6 +148,57 @@ def test_cancel_stops_the_stream(models):
                       is_cancelled=cancel_after_first_batch))  # fmt: skip
 
 
+@pytest.mark.parametrize("arch", ["gru", "cnn"])
+def test_reading_ahead_and_cpu_forward_threads_do_not_change_results(models, arch):
+    """Extraction on its own thread (read_ahead) and forward passes split over one thread per
+    core (each with one torch thread) give the probabilities of the plain sequential run."""
+    import torch
+
+    threads = torch.get_num_threads()
+    ahead, _ = run(models[arch], batch_size=8, read_ahead=True)
+    torch.set_num_threads(1)  # no forward pool: one pass on this thread
+    try:
+        plain, _ = run(models[arch], batch_size=8, read_ahead=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert ahead.keys() == plain.keys()
+    for i in plain:
+        np.testing.assert_allclose(ahead[i].probabilities, plain[i].probabilities, atol=1e-5)
+
+
+def test_forward_pool_gives_back_torchs_thread_count(models):
+    import threading
+
+    import torch
+
+    threads = torch.get_num_threads()
+    run(models["cnn"], batch_size=8)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert torch.get_num_threads() == threads
+    assert seen == [threads]  # threads started later are not left at one torch thread
+
+
+def test_cancel_while_reading_ahead_stops_every_thread(models):
+    import threading
+
+    before = threading.active_count()
+    calls = []
+
+    def cancel_later() -> bool:
+        calls.append(1)
+        return len(calls) > 6
+
+    with pytest.raises(Cancelled):
+        list(classify(PARCELS, STACK, models["cnn"],
+                      PredictConfig(device="cpu", batch_size=2, read_ahead=True),
+                      is_cancelled=cancel_later))  # fmt: skip
+    assert threading.active_count() == before
+
+
 # -- time -------------------------------------------------------------------------------------
 
 
