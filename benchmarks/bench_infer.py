@@ -7,6 +7,9 @@ For each model, in the same run and interleaved (so that a busy machine slows bo
   channels-last convolutions, :class:`~cropmodels.inference.InferenceGRU`), with the share of
   parcels whose predicted class is the plain model's (must be 1.0) and the largest probability
   difference;
+- ``threaded``: ``fast`` as classification runs it on a CPU, each batch split over one thread
+  per core with one torch thread each (:class:`cropmodels.predict._CpuForwardPool`), the goal
+  figure;
 - the model's FLOPs per parcel (``torch.utils.flop_counter``) and the machine's float32 matrix
   product rate (a 2048 x 2048 ``torch.mm``), whose ratio is a ceiling in parcels per second.
 
@@ -69,24 +72,48 @@ def bench_model(name: str, repeats: int) -> dict[str, float]:
     else:
         x = torch.randn(BATCH, DATES, 10, 32, 32)
     doy = torch.arange(1, 1 + 10 * DATES, 10).expand(BATCH, -1)
-    runs = {"plain": lambda: model(x, doy=doy), "fast": lambda: fast(x, doy=doy)}
+    from cropmodels.predict import _CpuForwardPool
+
+    pool = None if get_spec(name).input_kind == FEATURES else _CpuForwardPool.start()
+
+    def slice_forward(a: int, b: int):
+        with torch.inference_mode():  # thread-local: entered on the worker
+            return fast(x[a:b], doy=doy[a:b]).numpy()
+
+    def threaded():
+        if pool is None:
+            return fast(x, doy=doy)
+        return torch.from_numpy(pool.map_slices(slice_forward, 0, BATCH))
+
+    runs = {"plain": lambda: model(x, doy=doy), "fast": lambda: fast(x, doy=doy),
+            "threaded": threaded}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             reference = model(x, doy=doy)
         flops = counter.get_total_flops() / BATCH
         got = fast(x, doy=doy)
+        got_threaded = threaded()
         for _ in range(repeats):
             for key, run in runs.items():
                 start = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - start)
+    if pool is not None:
+        pool.close()
     p_ref, p_got = torch.softmax(reference, 1), torch.softmax(got, 1)
+    p_threaded = torch.softmax(got_threaded, 1)
     return {
         "plain_parcels_per_s": BATCH / statistics.median(times["plain"]),
         "fast_parcels_per_s": BATCH / statistics.median(times["fast"]),
-        "same_class_share": float((reference.argmax(1) == got.argmax(1)).float().mean()),
-        "max_probability_difference": float((p_ref - p_got).abs().max()),
+        # as classify runs it on a CPU: slices on one thread per core, one torch thread each
+        "threaded_parcels_per_s": BATCH / statistics.median(times["threaded"]),
+        "same_class_share": float(
+            min((reference.argmax(1) == g.argmax(1)).float().mean() for g in (got, got_threaded))
+        ),
+        "max_probability_difference": float(
+            max((p_ref - p_got).abs().max(), (p_ref - p_threaded).abs().max())
+        ),
         "mflop_per_parcel": flops / 1e6,
     }
 
@@ -114,9 +141,11 @@ def main() -> int:
     for name in names:
         r = results[name] = bench_model(name, args.repeats)
         r["ceiling_parcels_per_s"] = gflops * 1e3 / r["mflop_per_parcel"]
-        speedup = r["fast_parcels_per_s"] / r["plain_parcels_per_s"]
+        r["best_parcels_per_s"] = max(r["fast_parcels_per_s"], r["threaded_parcels_per_s"])
+        speedup = r["best_parcels_per_s"] / r["plain_parcels_per_s"]
         print(
-            f"{name}: {r['fast_parcels_per_s']:.0f} parcels/s fast, "
+            f"{name}: {r['threaded_parcels_per_s']:.0f} parcels/s threaded (as classify runs), "
+            f"{r['fast_parcels_per_s']:.0f} fast, "
             f"{r['plain_parcels_per_s']:.0f} plain (x{speedup:.2f}), "
             f"{r['mflop_per_parcel']:.0f} MFLOP/parcel, ceiling {r['ceiling_parcels_per_s']:.0f}; "
             f"same class {r['same_class_share']:.3f}, max dp {r['max_probability_difference']:.1e}",
@@ -126,13 +155,16 @@ def main() -> int:
     if GOAL_MODEL in results:
         r = results[GOAL_MODEL]
         summary = {
-            f"{GOAL_MODEL}_parcels_per_s": r["fast_parcels_per_s"],
-            f"{GOAL_MODEL}_speedup_vs_plain_fp32": r["fast_parcels_per_s"]
+            f"{GOAL_MODEL}_parcels_per_s": r["threaded_parcels_per_s"],
+            f"{GOAL_MODEL}_speedup_vs_plain_fp32": r["threaded_parcels_per_s"]
             / r["plain_parcels_per_s"],
-            f"{GOAL_MODEL}_share_of_flop_ceiling": r["fast_parcels_per_s"]
+            f"{GOAL_MODEL}_share_of_flop_ceiling": r["threaded_parcels_per_s"]
             / r["ceiling_parcels_per_s"],
         }
-        print(f"{GOAL_MODEL}_parcels_per_s: {r['fast_parcels_per_s']:.0f} (goal >= {GOAL:.0f})")
+        print(
+            f"{GOAL_MODEL}_parcels_per_s: {r['threaded_parcels_per_s']:.0f} "
+            f"(goal >= {GOAL:.0f}; as classify runs it on this CPU)"
+        )
         print(
             f"{GOAL_MODEL}_speedup_vs_plain_fp32: "
             f"{summary[f'{GOAL_MODEL}_speedup_vs_plain_fp32']:.2f} (informative)"
