@@ -3,8 +3,8 @@
 Prints ratios measured in one run (``name: value (goal ...)``) and writes every figure to
 ``benchmarks/results/extract.json``; it asserts nothing about times. See benchmarks/README.md.
 
-    .venv/bin/python benchmarks/bench_extract.py                  # 2048 x 2048 px, 24 dates
-    .venv/bin/python benchmarks/bench_extract.py --size 2745      # a full 1/16 of a tile
+    .venv/bin/python benchmarks/bench_extract.py                  # 2745 px (1/16 tile), 24 dates
+    .venv/bin/python benchmarks/bench_extract.py --size 2048      # a smaller area, faster
     .venv/bin/python benchmarks/bench_extract.py --profile        # + where extraction time goes
 
 Every measurement runs in a fresh Python process (``--child``), so peak resident memory
@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--size",
         type=int,
-        default=2048,
-        help="pixels per side of the synthetic area (default 2048 = 20.48 km; "
-        "2745 is a full 1/16 of a 10980 px Sentinel-2 tile)",
+        default=2745,
+        help="pixels per side of the synthetic area (default 2745 = 27.45 km: 1/16 of a "
+        "10980 px Sentinel-2 tile, as bench_scale.py; 2048 builds faster)",
     )
     parser.add_argument("--dates", type=int, default=24, help="dates in the stack (paper: 24)")
     parser.add_argument("--seed", type=int, default=0)
