@@ -27,6 +27,15 @@ class _Failed:
 
 _END = object()
 
+# Producer thread -> the thread consuming it, so that a log handler listening to one run's
+# thread (the Processing log) also gets what the producer logs for that run.
+_OWNERS: dict[int, int] = {}
+
+
+def owner_thread(ident: int) -> int:
+    """The thread a :func:`read_ahead` producer (thread ``ident``) works for, else ``ident``."""
+    return _OWNERS.get(ident, ident)
+
 
 def read_ahead(source: Iterator[T], size: int, name: str = "read-ahead") -> Iterator[T]:
     """Yield the items of ``source`` in order, produced on a thread at most ``size`` ahead.
@@ -51,7 +60,10 @@ def read_ahead(source: Iterator[T], size: int, name: str = "read-ahead") -> Iter
                 continue
         return False
 
+    consumer = owner_thread(threading.get_ident())
+
     def produce() -> None:
+        _OWNERS[threading.get_ident()] = consumer
         try:
             for item in source:
                 if not put(item):
@@ -61,8 +73,11 @@ def read_ahead(source: Iterator[T], size: int, name: str = "read-ahead") -> Iter
             put(_Failed(exc))
         finally:
             close = getattr(source, "close", None)
-            if callable(close):
-                close()
+            try:
+                if callable(close):
+                    close()
+            finally:
+                _OWNERS.pop(threading.get_ident(), None)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()

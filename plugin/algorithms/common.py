@@ -23,6 +23,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ...cropmodels.errors import user_message
 from ...cropmodels.progress import Cancelled
+from ...cropmodels.readahead import owner_thread
 from ..paths import PACKAGE_NAME
 
 LOGGER = logging.getLogger(f"{PACKAGE_NAME}.plugin")
@@ -111,14 +112,16 @@ class FeedbackProgress:
 
 
 class _FeedbackLogHandler(logging.Handler):
-    """Core log records of one thread, shown in the algorithm's log as they happen."""
+    """Core log records of one thread (and of the thread reading ahead for it), shown in the
+    algorithm's log as they happen."""
 
     def __init__(self, feedback: QgsProcessingFeedback, thread: int) -> None:
         super().__init__(logging.INFO)
         self.feedback, self.thread = feedback, thread
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread:
+        # this run's thread, or the thread extracting ahead for it (predict.read_ahead)
+        if record.thread is None or owner_thread(record.thread) != self.thread:
             return
         message = record.getMessage()
         if record.levelno >= logging.WARNING:

@@ -89,3 +89,40 @@ def test_a_consumer_failure_closes_the_source():
     with pytest.raises(RuntimeError, match="consumer"):
         consume()
     assert source.closed_on is not None
+
+
+def test_the_producer_thread_is_owned_by_its_consumer_for_logging():
+    """A log handler listening to one run's thread (the Processing log) can tell that records
+    of the producer thread belong to that run: owner_thread maps it to the consumer."""
+    import logging
+
+    from cropmodels.readahead import owner_thread
+
+    records: list[logging.LogRecord] = []
+    owners: list[int] = []  # asked as a handler does, while the record is emitted
+    handler = logging.Handler()
+
+    def emit(record: logging.LogRecord) -> None:
+        records.append(record)
+        owners.append(owner_thread(record.thread))
+
+    handler.emit = emit  # type: ignore[method-assign]
+    logger = logging.getLogger("cropmodels.test_readahead")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    def logging_source():
+        for i in range(3):
+            logger.info("item %d", i)
+            yield i
+
+    try:
+        assert list(read_ahead(logging_source(), 2)) == [0, 1, 2]
+    finally:
+        logger.removeHandler(handler)
+    me = threading.get_ident()
+    assert len(records) == 3
+    assert all(r.thread != me for r in records)
+    assert owners == [me, me, me]
+    producer = records[0].thread
+    assert owner_thread(producer) == producer  # forgotten once the producer ended

@@ -67,3 +67,40 @@ def test_unwritable_report_gives_an_actionable_error(provider_loaded, tmp_path: 
     blocker.write_text("not a folder")
     with pytest.raises(QgsProcessingException, match="Choose a folder you can write to"):
         processing.run(f"{PROVIDER_ID}:diagnostics", {"OUTPUT": str(blocker / "r.json")})
+
+
+def test_core_log_of_the_thread_reading_ahead_reaches_the_algorithm_log():
+    """With a GPU or 4+ cores, classify extracts on a read-ahead thread: what the extractor logs
+    there (strips, parcels read on their own...) still reaches the algorithm's log, and what
+    another thread logs does not."""
+    import logging
+    import threading
+
+    from qgis.core import QgsProcessingFeedback
+
+    from parcel_crop_classifier.cropmodels.readahead import read_ahead
+    from parcel_crop_classifier.plugin.algorithms.common import core_log_to
+    from parcel_crop_classifier.plugin.paths import PACKAGE_NAME
+
+    class Capture(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.infos: list[str] = []
+
+        def pushInfo(self, info: str) -> None:  # Qt's name
+            self.infos.append(info)
+
+    logger = logging.getLogger(f"{PACKAGE_NAME}.cropmodels.extract")
+
+    def source():
+        for i in range(2):
+            logger.info("extracted %d", i)
+            yield i
+
+    feedback = Capture()
+    with core_log_to(feedback):
+        assert list(read_ahead(source(), 1, "extract")) == [0, 1]
+        other = threading.Thread(target=lambda: logger.info("another run"))
+        other.start()
+        other.join()
+    assert feedback.infos == ["extracted 0", "extracted 1"]
