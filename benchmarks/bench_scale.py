@@ -52,10 +52,22 @@ def child(model_name: str, step: int, task: str, size: int = 2745) -> dict[str, 
     from bench_classify import card_for
 
     from cropmodels.architectures import get_model
-    from cropmodels.extract import extract
-    from cropmodels.predict import Classifier
+    from cropmodels.extract import ExtractConfig, extract
+    from cropmodels.predict import Classifier, PredictConfig
     from cropmodels.stack import open_stack
     from cropmodels.store import season_days
+
+    # "<task>@1": one core for extraction (one reader, one processing thread) and one for the
+    # model (one torch thread), as on a machine with cores for both; "ahead"/"inline": read
+    # ahead on or off
+    one_core = task.endswith("@1")
+    task = task.removesuffix("@1")
+    extract_config = ExtractConfig()
+    config = PredictConfig(read_ahead={"ahead": True, "inline": False}.get(task))
+    if one_core:
+        torch.set_num_threads(1)
+        extract_config = ExtractConfig(workers=1, process_workers=1)
+        config = PredictConfig(read_ahead=config.read_ahead, workers=1, process_workers=1)
 
     data = ensure_dataset(SyntheticSpec(size=size), log=lambda _m: None)
     gdf = gpd.read_file(data.parcels).iloc[::step].reset_index(drop=True)
@@ -66,11 +78,11 @@ def child(model_name: str, step: int, task: str, size: int = 2745) -> dict[str, 
     classifier = Classifier(get_model(model_name, n_classes=3).eval(), card, torch.device("cpu"))
     started = time.perf_counter()
     n = 0
-    if task == "classify":
-        for _ in classifier.classify(gdf, stack):
+    if task in ("classify", "ahead", "inline"):
+        for _ in classifier.classify(gdf, stack, config):
             n += 1
     elif task == "extract":
-        for _ in extract(gdf, stack):
+        for _ in extract(gdf, stack, extract_config):
             n += 1
     else:  # inference alone on random inputs of the same count, run as classify runs it
         from cropmodels.predict import _CpuForwardPool
@@ -167,6 +179,20 @@ def main(argv: list[str] | None = None) -> int:
            runs["4n"]["seconds"] / max(alone["extract"]["seconds"], alone["infer"]["seconds"]),
            "informative: 1 = the smaller of extraction and inference hidden entirely",
            results)  # fmt: skip
+    # The overlap itself, on one core each (what a machine with cores for both sees): 2N
+    # parcels, extraction alone, the model alone, and classify with and without reading ahead.
+    one = {t: run_child(args.model, 2, f"{t}@1", args.size)
+           for t in ("extract", "infer", "inline", "ahead")}  # fmt: skip
+    results["one_core_each"] = one
+    larger = max(one["extract"]["seconds"], one["infer"]["seconds"])
+    seconds = {t: r["seconds"] for t, r in one.items()}
+    print(f"one core each, {one['ahead']['n_parcels']:,} parcels: extraction "
+          f"{seconds['extract']:.1f} s, inference {seconds['infer']:.1f} s, classify "
+          f"{seconds['inline']:.1f} s inline, {seconds['ahead']:.1f} s reading ahead")  # fmt: skip
+    report("one_core_each_ahead_vs_inline_ratio", seconds["ahead"] / seconds["inline"],
+           "informative: < 1 = reading ahead overlaps the two", results)  # fmt: skip
+    report("one_core_each_end_to_end_vs_larger_ratio", one["ahead"]["seconds"] / larger,
+           "goal: ~1 = the smaller of extraction and inference hidden", results)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"written to {args.out}")
