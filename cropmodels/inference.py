@@ -12,6 +12,8 @@ mode (logits equal to float rounding, tested for every architecture) with less w
 - on a CPU, the per-date convolutional encoder run over cache-sized chunks of images
   (:class:`ChunkedEncoder`): the largest single gain, as the first convolution's output otherwise
   goes to memory and back before pooling;
+- every ``Linear -> BatchNorm1d`` pair folded into one Linear; ``pse_ltae``'s pixel-set
+  encoder run over cache-sized chunks of frames (:class:`ChunkedPixelSetEncoder`);
 - ``torch.nn.GRU`` replaced by :class:`InferenceGRU`: the input projections of all dates in one
   matrix product, then only the small hidden-state product per date. PyTorch's CPU GRU launches
   several kernels per date and, measured on the benchmark machine, spent 16 times longer on the
@@ -111,6 +113,72 @@ def _fold_block(block: nn.Sequential) -> nn.Sequential | None:
     return nn.Sequential(fused, copy.deepcopy(pool), nn.ReLU(inplace=True))
 
 
+def _fold_linear_batchnorms(block: nn.Sequential) -> nn.Sequential | None:
+    """Every ``Linear -> BatchNorm1d`` pair of ``block`` as one Linear (the BatchNorm's affine
+    map in eval mode folded into its weights and bias), or None if the block has no such pair.
+    A BatchNorm1d right after a Linear in a Sequential normalises the Linear's output features
+    (2-D input), so the fold is exact up to float rounding."""
+    layers = list(block)
+    folded: list[nn.Module] = []
+    changed = False
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        bn = layers[i + 1] if i + 1 < len(layers) else None
+        if (
+            isinstance(layer, nn.Linear)
+            and isinstance(bn, nn.BatchNorm1d)
+            and bn.track_running_stats
+            and bn.running_mean is not None
+            and bn.running_var is not None
+            and bn.num_features == layer.out_features
+        ):
+            with torch.no_grad():
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                if bn.affine:
+                    scale = scale * bn.weight
+                shift = -bn.running_mean * scale
+                if bn.affine:
+                    shift = shift + bn.bias
+                fused = nn.Linear(layer.in_features, layer.out_features, bias=True)
+                fused = fused.to(layer.weight.device, layer.weight.dtype)
+                fused.weight.copy_(layer.weight * scale[:, None])
+                bias = layer.bias if layer.bias is not None else torch.zeros_like(scale)
+                fused.bias.copy_(bias * scale + shift)
+            folded.append(fused)
+            changed = True
+            i += 2
+        else:
+            folded.append(copy.deepcopy(layer))
+            i += 1
+    return nn.Sequential(*folded) if changed else None
+
+
+class ChunkedPixelSetEncoder(nn.Module):
+    """Runs a pixel-set encoder (``pse_ltae``) over cache-sized chunks of frames.
+
+    Same output, row for row: in eval mode each frame's embedding depends on its own pixels
+    only. The per-pixel MLP otherwise makes (pixels x 64) float tensors of about 240 MB for 64
+    parcels x 24 dates, and every elementwise step goes to memory and back.
+    """
+
+    CHUNK_FRAMES = 64
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.out_channels = encoder.out_channels
+
+    def forward(self, frames: Tensor, pixel_mask: Tensor) -> Tensor:
+        k = self.CHUNK_FRAMES
+        if frames.shape[0] <= k:
+            return self.encoder(frames, pixel_mask)
+        return torch.cat(
+            [self.encoder(frames[a : a + k], pixel_mask[a : a + k])
+             for a in range(0, frames.shape[0], k)]
+        )  # fmt: skip
+
+
 class ChunkedEncoder(nn.Module):
     """Runs a per-image ``encoder`` over a large batch of images a cache-sized chunk at a time.
 
@@ -180,7 +248,7 @@ def _rewrite(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         replacement: nn.Module | None = None
         if isinstance(child, nn.Sequential):
-            replacement = _fold_block(child)
+            replacement = _fold_block(child) or _fold_linear_batchnorms(child)
         elif isinstance(child, nn.GRU):
             try:
                 replacement = InferenceGRU(child)
@@ -206,5 +274,7 @@ def for_inference(model: nn.Module, device: Any = None) -> nn.Module:
         if isinstance(spatial, nn.Sequential):  # conv_encoder: images encoded independently
             _replace_pools(spatial)
             fast.spatial = ChunkedEncoder(spatial)
+        elif type(spatial).__name__ == "PixelSetEncoder":  # pse_ltae: frames with their masks
+            fast.spatial = ChunkedPixelSetEncoder(spatial)
         fast = fast.to(memory_format=torch.channels_last)
     return fast

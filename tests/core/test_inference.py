@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from cropmodels.architectures import FEATURES, get_model, get_spec, list_models
-from cropmodels.inference import ChunkedEncoder, InferenceGRU, MaxPool2x2, for_inference
+from cropmodels.inference import (
+    ChunkedEncoder,
+    ChunkedPixelSetEncoder,
+    InferenceGRU,
+    MaxPool2x2,
+    for_inference,
+)
 
 
 def _trained_like(name: str) -> nn.Module:
@@ -43,6 +49,7 @@ def _inputs(name: str, batch: int = 6, steps: int = 9):
 def test_same_logits_as_the_model(name, holes, chunk_images, monkeypatch):
     if chunk_images:  # the encoder's chunks end mid-parcel and the last one is partial
         monkeypatch.setattr(ChunkedEncoder, "CHUNK_BYTES", chunk_images * 10 * 32 * 32 * 4)
+        monkeypatch.setattr(ChunkedPixelSetEncoder, "CHUNK_FRAMES", chunk_images)
     model = _trained_like(name)
     fast = for_inference(model)
     x, pixel_mask, doy = _inputs(name)
@@ -75,6 +82,12 @@ def test_rewrite_folds_batchnorm_and_replaces_the_gru():
     assert nn.MaxPool2d not in {type(m) for m in fast.spatial.modules()}
     assert MaxPool2x2 in kinds
     assert all(not p.requires_grad for p in fast.parameters())
+
+
+def test_pixel_set_model_is_chunked_and_its_batchnorms_folded():
+    fast = for_inference(_trained_like("pse_ltae"))
+    assert isinstance(fast.spatial, ChunkedPixelSetEncoder)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in fast.modules())
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 30, 30), (2, 16, 13, 13), (1, 4, 2, 5), (2, 3, 3, 2)])
