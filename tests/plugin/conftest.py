@@ -59,3 +59,16 @@ def provider(qgis_processing):
     plugin.initProcessing()
     yield QgsApplication.processingRegistry().providerById(PROVIDER_ID)
     plugin.unload()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _collect_garbage_before_qgis_exits(qgis_app):
+    """Python objects in reference cycles that own Qt or QGIS objects (the comparison panel's
+    widgets, whose signals hold bound methods; a layer) are freed by the cycle collector, at
+    whatever moment it runs. After pytest-qgis's exitQgis() that is a segfault (exit code 139
+    after every test passed): collect them here, while QGIS is still up (this fixture needs
+    qgis_app, so its teardown runs before qgis_app's)."""
+    yield
+    import gc
+
+    gc.collect()
