@@ -531,6 +531,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     config = PredictConfig(
         device=args.device, batch_size=args.batch_size, memory_mb=args.memory_mb,
         workers=args.workers, min_clear_dates=args.min_clear_dates,
+        read_ahead={"auto": None, "on": True, "off": False}[args.read_ahead],
     )  # fmt: skip
     bar, progress = _tqdm_progress(args, "classify")
     with bar:
@@ -708,6 +709,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "--memory-mb", type=float, default=2048, help="memory budget for the stack's pixels (MiB)"
     )
     p.add_argument("--workers", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument(
+        "--read-ahead", choices=("auto", "on", "off"), default="auto",
+        help="extract the next batch on its own thread while the model runs (auto: with a GPU "
+        "or 4 cores or more)",
+    )  # fmt: skip
     p.add_argument(
         "--scheduler",
         help="dask.distributed scheduler address (tcp://host:8786): "

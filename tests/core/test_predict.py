@@ -513,6 +513,21 @@ def test_cli_classify_writes_every_input_field_and_the_predictions(models, tmp_p
     assert not list(tmp_path.glob(".classified*"))  # no temporary file left
 
 
+def test_cli_classify_reading_ahead_writes_the_same_predictions(models, tmp_path, capsys):
+    outputs = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"classified_{mode}.gpkg"
+        code = main(["classify", "--parcels", str(PARCELS), "--stack", str(STACK), "--model",
+                     str(models["cnn"]), "--out", str(out), "--device", "cpu", "--quiet",
+                     "--read-ahead", mode])  # fmt: skip
+        assert code == 0
+        outputs[mode] = gpd.read_file(out)
+    capsys.readouterr()
+    assert outputs["on"]["crop_class"].tolist() == outputs["off"]["crop_class"].tolist()
+    np.testing.assert_allclose(outputs["on"]["confidence"], outputs["off"]["confidence"],
+                               atol=1e-5)  # fmt: skip
+
+
 def test_cli_classify_refuses_to_overwrite_and_names_bad_models(models, tmp_path, capsys):
     out = tmp_path / "x.gpkg"
     out.write_bytes(b"keep me")
