@@ -82,6 +82,21 @@ class InferenceGRU(nn.Module):
         return None, self.last_state(x).unsqueeze(0)
 
 
+def _has_running_stats(bn: nn.Module) -> bool:
+    return bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None
+
+
+def _batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, shift) per channel: what an eval-mode BatchNorm computes, ``x * scale + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 def _fold_block(block: nn.Sequential) -> nn.Sequential | None:
     """conv -> BN -> ReLU -> MaxPool as conv' -> MaxPool -> ReLU, or None if not that block."""
     if len(block) != 4:
@@ -92,18 +107,11 @@ def _fold_block(block: nn.Sequential) -> nn.Sequential | None:
         and isinstance(bn, nn.BatchNorm2d)
         and isinstance(relu, nn.ReLU)
         and isinstance(pool, nn.MaxPool2d)
-        and bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.running_var is not None
+        and _has_running_stats(bn)
     ):
         return None
     with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.affine:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            shift = shift + bn.bias
+        scale, shift = _batchnorm_affine(bn)
         fused = copy.deepcopy(conv)
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
@@ -128,18 +136,11 @@ def _fold_linear_batchnorms(block: nn.Sequential) -> nn.Sequential | None:
         if (
             isinstance(layer, nn.Linear)
             and isinstance(bn, nn.BatchNorm1d)
-            and bn.track_running_stats
-            and bn.running_mean is not None
-            and bn.running_var is not None
+            and _has_running_stats(bn)
             and bn.num_features == layer.out_features
         ):
             with torch.no_grad():
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                if bn.affine:
-                    scale = scale * bn.weight
-                shift = -bn.running_mean * scale
-                if bn.affine:
-                    shift = shift + bn.bias
+                scale, shift = _batchnorm_affine(bn)
                 fused = nn.Linear(layer.in_features, layer.out_features, bias=True)
                 fused = fused.to(layer.weight.device, layer.weight.dtype)
                 fused.weight.copy_(layer.weight * scale[:, None])

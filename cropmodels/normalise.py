@@ -127,32 +127,33 @@ class Normaliser:
         """As :meth:`apply_numpy` on a tensor (on any device); statistics are moved to it."""
         import torch
 
-        self.check_dates(x.shape[1])
-        mean = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype)
-        std = torch.as_tensor(self.std, device=x.device, dtype=x.dtype)
-        if self.input_kind == FEATURES:
-            return (x - mean) / std
-        # One pass writing a new tensor, then the mask in place (the input is left alone).
-        out = torch.sub(x, mean[:, :, None, None]).div_(std[:, :, None, None])
-        if pixel_mask is not None:
-            out.mul_(pixel_mask[:, None, None, :, :].to(out.dtype))
-        return out
+        mean, std = self._torch_stats(x)
+        # One pass writing a new tensor, then the rest in place (the input is left alone).
+        return self._divide_and_mask_(torch.sub(x, mean), std, pixel_mask)
 
     def apply_torch_(self, x: Tensor, pixel_mask: Tensor | None = None) -> Tensor:
         """:meth:`apply_torch` in place on ``x`` (a float tensor the caller owns): the same values,
         without allocating a batch-sized tensor (on a CPU, a fresh 60 MB tensor per batch costs
         more in page faults than the arithmetic)."""
+        mean, std = self._torch_stats(x)
+        return self._divide_and_mask_(x.sub_(mean), std, pixel_mask)
+
+    def _torch_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """mean and std on ``x``'s device and type, shaped to broadcast over it."""
         import torch
 
         self.check_dates(x.shape[1])
         mean = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype)
         std = torch.as_tensor(self.std, device=x.device, dtype=x.dtype)
         if self.input_kind == FEATURES:
-            return x.sub_(mean).div_(std)
-        x.sub_(mean[:, :, None, None]).div_(std[:, :, None, None])
-        if pixel_mask is not None:
-            x.mul_(pixel_mask[:, None, None, :, :].to(x.dtype))
-        return x
+            return mean, std
+        return mean[:, :, None, None], std[:, :, None, None]
+
+    def _divide_and_mask_(self, centred: Tensor, std: Tensor, pixel_mask: Tensor | None) -> Tensor:
+        centred.div_(std)
+        if self.input_kind != FEATURES and pixel_mask is not None:
+            centred.mul_(pixel_mask[:, None, None, :, :].to(centred.dtype))
+        return centred
 
 
 class _Moments:

@@ -954,7 +954,7 @@ class Classifier:
             x_ready = prepared(torch.from_numpy(x), all_masks)
 
         def forward(start: int, stop: int) -> np.ndarray:
-            if pool is not None and on_cpu:
+            if pool is not None:  # only ever made for the CPU
                 return pool.map_slices(compute, start, stop)
             return compute(start, stop)
 
