@@ -902,22 +902,54 @@ class Classifier:
         if self.card.input_kind == FEATURES:
             x = np.stack([d.features for d in batch]).astype(np.float32, copy=False)
             return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), None
-        first = batch[0].patches
-        shape = (len(batch), *first.shape)
-        held = None if reuse is None else reuse.get("patches")
-        if held is None or held.shape[0] < shape[0] or held.shape[1:] != shape[1:]:
-            held = np.empty(shape, np.float32)
-            if reuse is not None:
-                reuse["patches"] = held
-        x = np.stack([d.patches for d in batch], out=held[: shape[0]])
-        # In place, in torch's threads: NaN (never from the extractor) -> 0, then rint and clip
-        # to 0..65535. numpy's clip alone took longer than the three (about 15 ms for 64 parcels
-        # x 24 dates).
+        x = _held(reuse, "patches", (len(batch), *batch[0].patches.shape))
+        for start in range(0, len(batch), _chunk_parcels(x)):
+            stop = min(len(batch), start + _chunk_parcels(x))
+            np.stack([d.patches for d in batch[start:stop]], out=x[start:stop])
+            _quantise_(x[start:stop])
+        return x, np.stack([d.mask for d in batch])
+
+    def _ready_slices(
+        self,
+        batch: list[ParcelData],
+        weights: Tensor | None,
+        reuse: dict[str, np.ndarray] | None,
+    ) -> tuple[Callable[[int, int], Tensor], np.ndarray]:
+        """For patch models on the CPU: a function giving the model inputs of parcels
+        ``start:stop``, stacked, quantised as :meth:`_inputs`, resampled to the model's dates
+        and normalised, and the batch's pixel masks.
+
+        Each slice is made on the thread that runs its forward pass, a few parcels at a time:
+        every step then finds its 4 MB in the cache, where the same steps over a whole 60 MB
+        batch went to memory for each of them (0.28 against 0.40 ms per parcel of 24 dates),
+        and the main thread is left free. The values are those of :meth:`_inputs` followed by
+        the normaliser, entry for entry (tested). A slice is made again from the parcels'
+        patches if it is computed again, so a retried slice is never normalised twice."""
         import torch
 
-        xt = torch.from_numpy(x)
-        torch.nan_to_num_(xt, nan=0.0, posinf=65535.0, neginf=0.0).round_().clamp_(0, 65535)
-        return x, np.stack([d.mask for d in batch])
+        masks = np.stack([d.mask for d in batch])
+        all_masks = torch.from_numpy(masks)
+        n, shape = len(batch), batch[0].patches.shape
+        stacked = _held(reuse, "patches", (n, *shape))
+        if weights is None:
+            ready = stacked
+        else:
+            ready = _held(reuse, "aligned", (n, weights.shape[0], *shape[1:]))
+        chunk = _chunk_parcels(stacked)
+
+        def make(start: int, stop: int) -> Tensor:
+            for a in range(start, stop, chunk):
+                b = min(stop, a + chunk)
+                np.stack([d.patches for d in batch[a:b]], out=stacked[a:b])
+                xt = _quantise_(stacked[a:b])
+                out = torch.from_numpy(ready[a:b])
+                if weights is not None:  # (Tm, Ts) @ (k, Ts, rest) -> (k, Tm, rest)
+                    torch.matmul(weights, xt.reshape(b - a, xt.shape[1], -1),
+                                 out=out.view(b - a, out.shape[1], -1))  # fmt: skip
+                self.normaliser.apply_torch_(out, all_masks[a:b])
+            return torch.from_numpy(ready[start:stop])
+
+        return make, masks
 
     def _run(
         self,
@@ -931,13 +963,17 @@ class Classifier:
 
         from .train import AMP_EXCLUDED, _forward
 
-        x, mask = self._inputs(batch, reuse)
         dev = self.device
         weights = (
             None if alignment.weights is None else torch.as_tensor(alignment.weights, device=dev)
         )
         doy_all = torch.as_tensor(alignment.doy, device=dev)
         amp = dev.type == "cuda" and self.card.architecture not in AMP_EXCLUDED
+        cpu_patches = dev.type == "cpu" and self.card.input_kind != FEATURES
+        if cpu_patches:  # each slice made on its forward thread, in cache-sized chunks
+            ready, mask = self._ready_slices(batch, weights, reuse)
+        else:
+            x, mask = self._inputs(batch, reuse)
 
         def prepared(xt: Tensor, mt: Tensor | None) -> Tensor:
             """Resampled to the model's dates and normalised, in place on ``xt`` (which must be
@@ -948,11 +984,6 @@ class Classifier:
                 xt = xt.reshape(shape[0], weights.shape[0], *shape[2:])
             return self.normaliser.apply_torch_(xt, mt)
 
-        on_cpu = dev.type == "cpu"
-        if on_cpu:  # the whole batch at once, in place: it is ours (_inputs made it)
-            all_masks = None if mask is None else torch.from_numpy(mask)
-            x_ready = prepared(torch.from_numpy(x), all_masks)
-
         def forward(start: int, stop: int) -> np.ndarray:
             if pool is not None:  # only ever made for the CPU
                 return pool.map_slices(compute, start, stop)
@@ -960,16 +991,49 @@ class Classifier:
 
         def compute(start: int, stop: int) -> np.ndarray:
             mt = None if mask is None else torch.from_numpy(mask[start:stop]).to(dev)
-            if on_cpu:
-                xt = x_ready[start:stop]
-            else:  # .to() copies to the device: normalised there
-                xt = prepared(torch.from_numpy(x[start:stop]).to(dev), mt)
+            if cpu_patches:
+                xt = ready(start, stop)
+            else:  # features (small: a copy, in case the slice is retried), or on the device
+                xt = prepared(torch.from_numpy(x[start:stop]).to(dev, copy=True), mt)
             doy = doy_all.expand(stop - start, -1)
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
                 logits = _forward(self.model, xt, mt, doy)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
         return batcher.run(len(batch), forward)
+
+
+CHUNK_BYTES = 4 << 20
+"""Batch preparation works on this many bytes of patches at a time (cache-sized): 4 MB measured
+fastest on the development machine (0.28 ms per parcel of 24 dates, 0.33 at 1 MB, 0.40 for a
+whole batch at once)."""
+
+
+def _chunk_parcels(x: np.ndarray) -> int:
+    """Parcels of ``x`` (n, ...) in :data:`CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // max(1, x[0].nbytes))
+
+
+def _held(reuse: dict[str, np.ndarray] | None, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape``: a view of the one kept in ``reuse[key]`` when it is large
+    enough (a fresh batch-sized array per batch is mapped anew, and touching its pages cost
+    more than the work done in it), else a new one, kept there."""
+    held = None if reuse is None else reuse.get(key)
+    if held is None or held.shape[0] < shape[0] or held.shape[1:] != shape[1:]:
+        held = np.empty(shape, np.float32)
+        if reuse is not None:
+            reuse[key] = held
+    return held[: shape[0]]
+
+
+def _quantise_(x: np.ndarray) -> Tensor:
+    """``x`` as a store holds patches, in place: NaN (never from the extractor) -> 0, then
+    rounded and clipped to 0..65535 (uint16), in torch (numpy's clip alone took longer than
+    the three). Returns the tensor sharing ``x``'s memory."""
+    import torch
+
+    xt = torch.from_numpy(x)
+    return torch.nan_to_num_(xt, nan=0.0, posinf=65535.0, neginf=0.0).round_().clamp_(0, 65535)
 
 
 class _CpuForwardPool:

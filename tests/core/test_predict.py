@@ -167,6 +167,46 @@ def test_reading_ahead_and_cpu_forward_threads_do_not_change_results(models, arc
         np.testing.assert_allclose(ahead[i].probabilities, plain[i].probabilities, atol=1e-5)
 
 
+@pytest.mark.parametrize("source_dates", [None, 5])
+def test_slices_prepared_in_chunks_equal_the_whole_batch_prepared_at_once(models, source_dates):
+    """The CPU path stacks, quantises, resamples in time and normalises each slice a few
+    parcels at a time on its forward thread: the same numbers as preparing the whole batch
+    (``_inputs``, then the normaliser), also for a slice made twice (a retry)."""
+    import torch
+
+    from cropmodels.extract import ParcelData
+
+    classifier = Classifier.load(models["cnn"], device="cpu")
+    n_model = len(classifier.card.date_grid)
+    n_source = source_dates or n_model
+    side = classifier.card.patch_size
+    rng = np.random.default_rng(3)
+    batch = []
+    for i in range(7):
+        mask = rng.random((side, side)) > 0.3
+        mask[0, :3] = True
+        patches = rng.normal(900, 700, (n_source, 10, side, side)).astype(np.float32) * mask
+        patches[0, 0, 0, :3] = [-4.2, 70000.0, 12.5]  # clipped, clipped, rounded to even
+        batch.append(ParcelData(i, "ok", int(mask.sum()), np.zeros(n_source, np.float32),
+                                n_source, patches=patches, mask=mask))  # fmt: skip
+    weights = None
+    if source_dates:
+        weights = torch.from_numpy(rng.dirichlet(np.ones(n_source), n_model).astype(np.float32))
+    x, mask = classifier._inputs(batch)
+    expected = torch.from_numpy(x.copy())
+    if weights is not None:
+        expected = torch.matmul(weights, expected.reshape(7, n_source, -1))
+        expected = expected.reshape(7, n_model, 10, side, side)
+    expected = classifier.normaliser.apply_torch_(expected, torch.from_numpy(mask))
+    reuse: dict[str, np.ndarray] = {}
+    make, masks = classifier._ready_slices(batch, weights, reuse)
+    np.testing.assert_array_equal(masks, mask)
+    got = torch.cat([make(0, 3), make(3, 7)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(make(3, 7), expected[3:], rtol=0, atol=0)  # made again
+    np.testing.assert_array_equal(x[0, 0, 0, 0, :3], [0.0, 65535.0, 12.0])  # as a store holds
+
+
 def test_forward_pool_gives_back_torchs_thread_count(models):
     import threading
 
