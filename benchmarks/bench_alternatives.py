@@ -27,7 +27,6 @@ is the plain fp32 model's and the largest probability difference. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from _common import trained_like, write_record  # noqa: E402
 
 BATCH = 64
 DATES = 24
@@ -134,17 +134,11 @@ def main() -> int:
 def run_all(args: argparse.Namespace) -> int:
     import torch
 
-    from cropmodels.architectures import get_model
     from cropmodels.inference import for_inference
 
     warnings.filterwarnings("ignore")  # torch.ao's deprecation notices, ONNX export tracing
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = get_model(args.model, n_classes=N_CLASSES).eval()
-    for module in model.modules():  # BatchNorm statistics as after training, not identity
-        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
+    model = trained_like(args.model, N_CLASSES)
     fast = for_inference(model)
     x = torch.randn(BATCH, DATES, 10, 32, 32)
     doy = torch.arange(1, 1 + 10 * DATES, 10).expand(BATCH, -1).contiguous()
@@ -222,10 +216,7 @@ def run_all(args: argparse.Namespace) -> int:
         "notes": notes,
         **extra,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {out}")
+    write_record(args.out, record)
     return 0
 
 

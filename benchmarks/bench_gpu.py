@@ -28,14 +28,14 @@ there is no GPU (a test does): its figures mean nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from _common import trained_like, write_record  # noqa: E402
 
 DATES = 24
 N_CLASSES = 19
@@ -43,20 +43,6 @@ GOAL_MODEL = "cnn_gru9"
 INFER_GOAL = 50_000
 EPOCH = 120_000
 POOL = 16_384
-
-
-def trained_like(name: str, device):
-    import torch
-
-    from cropmodels.architectures import get_model
-
-    torch.manual_seed(0)
-    model = get_model(name, n_classes=N_CLASSES).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.to(device)
 
 
 def inputs(name: str, n: int, device):
@@ -97,7 +83,7 @@ def bench_inference(device, sizes: list[int], seconds: float) -> dict:
     from cropmodels.train import AMP_EXCLUDED
 
     cuda = device.type == "cuda"
-    model = trained_like(GOAL_MODEL, device)
+    model = trained_like(GOAL_MODEL, N_CLASSES, device)
     fast = for_inference(model, device)
     amp = cuda and GOAL_MODEL not in AMP_EXCLUDED
     out: dict = {}
@@ -164,7 +150,7 @@ def bench_models(device, batch: int, seconds: float) -> dict:
     cuda = device.type == "cuda"
     out = {}
     for name in list_models():
-        fast = for_inference(trained_like(name, device), device)
+        fast = for_inference(trained_like(name, N_CLASSES, device), device)
         x = inputs(name, batch, device)
         doy = torch.arange(1, 1 + 10 * DATES, 10, device=device).expand(batch, -1)
         amp = cuda and name not in AMP_EXCLUDED
@@ -284,9 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "models_parcels_per_s": models,
         "epoch": epoch,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {args.out}")
+    write_record(args.out, record)
     return 0
 
 

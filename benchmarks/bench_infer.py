@@ -23,7 +23,6 @@ nothing about speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from _common import trained_like, write_record  # noqa: E402
 
 BATCH = 256
 DATES = 24
@@ -57,15 +57,10 @@ def bench_model(name: str, repeats: int) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cropmodels.architectures import FEATURES, get_model, get_spec
+    from cropmodels.architectures import FEATURES, get_spec
     from cropmodels.inference import for_inference
 
-    torch.manual_seed(0)
-    model = get_model(name, n_classes=N_CLASSES).eval()
-    for module in model.modules():  # BatchNorm statistics as after training, not identity
-        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
+    model = trained_like(name, N_CLASSES)
     fast = for_inference(model)
     if get_spec(name).input_kind == FEATURES:
         x = torch.randn(BATCH, DATES, 20)
@@ -186,10 +181,7 @@ def main() -> int:
         "summary": summary,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {out}")
+    write_record(args.out, record)
     return 0
 
 
