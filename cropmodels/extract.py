@@ -32,8 +32,9 @@ the number of parcels. When the budget holds two chunks as tall as the files' in
 chunks are aligned to them and each pixel of each date is decoded once; thinner chunks make
 GDAL decode some blocks again (the log says so). The parcels of a chunk are
 processed in groups of similar window size, each group in a few large array operations (which
-release the GIL, so two processing threads overlap each other and the readers). Only parcels
-taller than the budget allows are read on their own (their rows decoded a second time; the log
+release the GIL, so processing threads, one per core within the budget, overlap each other
+and the readers; each group in flight adds up to about 64 MB). Only parcels taller than the
+budget allows are read on their own (their rows decoded a second time; the log
 says how many).
 """
 
@@ -96,6 +97,9 @@ GROUP_VALUES = 1 << 22
 # aligned to the files' blocks (a large enough budget) need no cache at all; thinner chunks
 # re-decode some blocks (measured +14% time at 1 GB on the benchmark, peak 2.4 -> 1.1 GB).
 GDAL_CACHE_SHARE = 0.125
+# Memory budget per parcel-processing thread when their number follows the cores: each holds a
+# group of up to about 64 MB in flight, and one more waits (``_stream``).
+PROCESS_WORKER_MB = 256
 
 
 class ParcelError(ValueError):
@@ -109,10 +113,13 @@ class ExtractConfig:
     # it while extracting) plus the row buffer (the rest).
     memory_mb: float = 2048.0
     workers: int = 0  # threads reading dates; 0 = one per core
-    # Threads processing groups of parcels (:meth:`_Extractor.process_batch`). Its large array
-    # operations release the GIL, so two overlap each other and the readers: on 2 cores,
-    # 14,222 parcels of the 2048 px benchmark took 13.3 s with two, 17.9 s with one.
-    process_workers: int = 2
+    # Threads processing groups of parcels (:meth:`_Extractor.process_batch`); 0 = one per
+    # core, at most one per PROCESS_WORKER_MB of ``memory_mb`` (a group in flight holds up to
+    # about 64 MB), at least 2. Its large array operations release the GIL, so they overlap
+    # each other and the readers: on 2 cores, 14,222 parcels of the 2048 px benchmark took
+    # 13.3 s with two, 17.9 s with one. A fixed 2 had left extraction, the larger half of a
+    # classification, on 2 cores of any machine.
+    process_workers: int = 0
     clear_date_fraction: float = 0.5  # a date is clear for a parcel when this share is clear
     # False: the handcrafted features only, no 32 x 32 patches (what a feature model such as
     # ``gru`` reads). Skips the pixels' time interpolation and the resize, most of the work.
@@ -126,6 +133,12 @@ class ExtractConfig:
 
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    def n_process_workers(self) -> int:
+        if self.process_workers > 0:
+            return self.process_workers
+        by_memory = max(2, int(self.memory_mb // PROCESS_WORKER_MB))
+        return max(1, min(os.cpu_count() or 1, by_memory))
 
 
 @dataclass
@@ -598,7 +611,7 @@ class _Extractor:
         # Parcels are processed beside the readers; each worker keeps one GDAL environment,
         # else every rasterisation would set one up.
         self.workers = cf.ThreadPoolExecutor(
-            max(1, config.process_workers), thread_name_prefix="parcel", initializer=_enter_gdal_env
+            config.n_process_workers(), thread_name_prefix="parcel", initializer=_enter_gdal_env
         )
 
     def close(self) -> None:
@@ -1061,7 +1074,7 @@ def _stream(
     held: tuple[_Chunk, ...] = ()
     # Groups submitted to the workers and not yet yielded: one per worker and one waiting.
     inflight: collections.deque[cf.Future[list[ParcelData]]] = collections.deque()
-    max_inflight = max(1, config.process_workers) + 1
+    max_inflight = config.n_process_workers() + 1
 
     def chunk_range(k: int) -> tuple[int, int]:
         return k * chunk_rows, min((k + 1) * chunk_rows, stack.grid.height)

@@ -117,7 +117,7 @@ class PredictConfig:
     batch_size: int = 0  # parcels per forward pass; 0 = chosen from free memory
     memory_mb: float = 2048.0  # budget of the extractor's stack buffer and of a batch
     workers: int = 0  # extractor threads reading dates; 0 = one per core
-    process_workers: int = 2  # extractor threads cutting patches (ExtractConfig.process_workers)
+    process_workers: int = 0  # extractor threads cutting patches; 0 = ExtractConfig's default
     min_clear_dates: int = 1  # fewer mostly-clear dates in the stack: no class
     # Seconds one forward pass should take (batches sized to it, see AdaptiveBatcher), so that
     # cancelling answers within a second; None: always full batches.

@@ -299,6 +299,29 @@ def test_features_only_extraction_equals_the_full_one(stack, extracted):
         np.testing.assert_array_equal(only[i].cloud_fraction, r.cloud_fraction)
 
 
+def test_processing_threads_follow_the_cores_within_the_memory_budget(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert ExtractConfig().n_process_workers() == 8  # 2048 MB / 256 MB per thread
+    assert ExtractConfig(memory_mb=8192).n_process_workers() == 16
+    assert ExtractConfig(memory_mb=100).n_process_workers() == 2
+    assert ExtractConfig(process_workers=3).n_process_workers() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert ExtractConfig().n_process_workers() == 1
+
+
+def test_results_do_not_depend_on_the_number_of_processing_threads(stack, extracted):
+    """Groups run on 1 or 4 threads, in any order: every parcel gets the same arrays."""
+    for n in (1, 4):
+        got = {r.index: r for r in extract(PARCELS, stack, ExtractConfig(process_workers=n))}
+        assert got.keys() == extracted.keys()
+        for i, r in extracted.items():
+            assert got[i].status == r.status
+            for name in ("patches", "mask", "features"):
+                np.testing.assert_array_equal(getattr(got[i], name), getattr(r, name))
+
+
 def test_progress_and_cancellation(stack):
     seen = []
     list(extract(PARCELS, stack, progress=lambda f, m: seen.append(f)))
