@@ -4,6 +4,8 @@ runs where only torch and numpy are installed)."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,25 @@ def trained_like(name: str, n_classes: int, device: Any = None) -> Any:
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return model if device is None else model.to(device)
+
+
+def timed_calls(
+    run: Callable[[], object], seconds: float, sync: Callable[[], object], warmup: int = 2
+) -> tuple[int, float]:
+    """(calls, elapsed seconds) of ``run()`` called until at least ``seconds`` and 3 calls have
+    passed, after ``warmup`` calls; ``sync()`` after each (``torch.cuda.synchronize`` on a GPU,
+    whose calls return before the work is done)."""
+    for _ in range(warmup):
+        run()
+    sync()
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= 3:
+            return calls, elapsed
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import trained_like, write_record  # noqa: E402
+from _common import timed_calls, trained_like, write_record  # noqa: E402
 
 DATES = 24
 N_CLASSES = 19
@@ -63,17 +63,8 @@ def synchronizer(device):
 
 def rate(run, n: int, seconds: float, sync) -> float:
     """Items per second of ``run()`` (which handles ``n`` items), after two warm-up calls."""
-    run()
-    run()
-    sync()
-    calls, start = 0, time.perf_counter()
-    while True:
-        run()
-        calls += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and calls >= 3:
-            return n * calls / elapsed
+    calls, elapsed = timed_calls(run, seconds, sync)
+    return n * calls / elapsed
 
 
 def bench_inference(device, sizes: list[int], seconds: float) -> dict:

@@ -15,11 +15,11 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from _common import timed_calls  # noqa: E402
 
 BATCH = 32
 DATES = 24
@@ -56,17 +56,7 @@ def bench_model(name: str, device, seconds: float, warmup: int = 2) -> dict[str,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
-        step()
-    sync()
-    steps, start = 0, time.perf_counter()
-    while True:
-        step()
-        steps += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and steps >= 3:
-            break
+    steps, elapsed = timed_calls(step, seconds, sync, warmup)
     return {
         "samples_per_s": BATCH * steps / elapsed,
         "step_ms": 1000 * elapsed / steps,

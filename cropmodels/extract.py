@@ -894,9 +894,8 @@ def extract(
     ex = _Extractor(stack, config)
     try:
         strips = _strips(ex, jobs, config)
-        chunkings = [_chunking(ex, strip, config) for strip in strips]
         summary.strips = len(strips)
-        summary.aligned = all(c.aligned for c in chunkings)
+        summary.aligned = all(chunking.aligned for _, chunking in strips)
         if len(strips) > 1:
             LOG.info("Reading the stack in %d column strips: whole rows of blocks of the area "
                      "do not fit in the memory budget", len(strips))  # fmt: skip
@@ -906,7 +905,7 @@ def extract(
         cache_mb = ALIGNED_GDAL_CACHE_MB if summary.aligned else config.gdal_cache_mb()
         with rasterio.Env(GDAL_CACHEMAX=min(cache_mb, config.gdal_cache_mb())), _one_blas_thread():
             centres = {j.index: j.centroid for j in jobs}
-            for strip, chunking in zip(strips, chunkings, strict=True):
+            for strip, chunking in strips:
                 for data in _stream(
                     ex, strip, chunking, config, summary, progress, is_cancelled, done, total
                 ):
@@ -949,8 +948,11 @@ def _chunking(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> _Chunk
     return _Chunking(col0, col1, chunk_rows, max(budget_rows - 2 * chunk_rows, 1), aligned)
 
 
-def _strips(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> list[list[_Job]]:
-    """The parcels in column strips, each narrow enough for chunks of whole blocks.
+def _strips(
+    ex: _Extractor, jobs: list[_Job], config: ExtractConfig
+) -> list[tuple[list[_Job], _Chunking]]:
+    """The parcels in column strips, each narrow enough for chunks of whole blocks, with the
+    chunking of each.
 
     Chunks span the parcels' columns. When rows of whole blocks that wide do not fit in the
     memory budget (a wide area: 2745 columns of 24 dates need 1.9 GB, a whole Sentinel-2 tile
@@ -966,7 +968,7 @@ def _strips(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> list[lis
     whole = _chunking(ex, jobs, config)
     block = ex.block_cols
     if whole.aligned or len(jobs) < 2 or block >= whole.col1 - whole.col0:
-        return [jobs]
+        return [(jobs, whole)]
     per_column = len(ex.stack) * (N_BANDS * ex.dtype.itemsize + 1)
     rows = 2 * ex.block_rows + MIN_TAIL_ROWS  # what _chunking needs for whole blocks
     max_width = int(config.buffer_mb() * 2**20 * 0.8 // (per_column * rows))
@@ -974,7 +976,7 @@ def _strips(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> list[lis
     margin = int(min(widths.max(), max_width // 2))
     step = (max_width - margin) // block * block
     if step < block:
-        return [jobs]
+        return [(jobs, whole)]
     base = whole.col0 // block * block
     strips: dict[int, list[_Job]] = {}
     wide = []
@@ -983,7 +985,8 @@ def _strips(ex: _Extractor, jobs: list[_Job], config: ExtractConfig) -> list[lis
             wide.append(job)
         else:
             strips.setdefault((job.col0 - base) // step, []).append(job)
-    return [strips[k] for k in sorted(strips)] + ([wide] if wide else [])
+    parts = [strips[k] for k in sorted(strips)] + ([wide] if wide else [])
+    return [(part, _chunking(ex, part, config)) for part in parts]
 
 
 def select_dates(

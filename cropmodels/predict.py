@@ -903,10 +903,9 @@ class Classifier:
             x = np.stack([d.features for d in batch]).astype(np.float32, copy=False)
             return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), None
         x = _held(reuse, "patches", (len(batch), *batch[0].patches.shape))
-        for start in range(0, len(batch), _chunk_parcels(x)):
-            stop = min(len(batch), start + _chunk_parcels(x))
-            np.stack([d.patches for d in batch[start:stop]], out=x[start:stop])
-            _quantise_(x[start:stop])
+        chunk = _chunk_parcels(x)
+        for start in range(0, len(batch), chunk):
+            _stack_quantised(batch, x, start, min(len(batch), start + chunk))
         return x, np.stack([d.mask for d in batch])
 
     def _ready_slices(
@@ -940,8 +939,7 @@ class Classifier:
         def make(start: int, stop: int) -> Tensor:
             for a in range(start, stop, chunk):
                 b = min(stop, a + chunk)
-                np.stack([d.patches for d in batch[a:b]], out=stacked[a:b])
-                xt = _quantise_(stacked[a:b])
+                xt = _stack_quantised(batch, stacked, a, b)
                 out = torch.from_numpy(ready[a:b])
                 if weights is not None:  # (Tm, Ts) @ (k, Ts, rest) -> (k, Tm, rest)
                     torch.matmul(weights, xt.reshape(b - a, xt.shape[1], -1),
@@ -1026,13 +1024,15 @@ def _held(reuse: dict[str, np.ndarray] | None, key: str, shape: tuple[int, ...])
     return held[: shape[0]]
 
 
-def _quantise_(x: np.ndarray) -> Tensor:
-    """``x`` as a store holds patches, in place: NaN (never from the extractor) -> 0, then
-    rounded and clipped to 0..65535 (uint16), in torch (numpy's clip alone took longer than
-    the three). Returns the tensor sharing ``x``'s memory."""
+def _stack_quantised(batch: list[ParcelData], out: np.ndarray, a: int, b: int) -> Tensor:
+    """The patches of parcels ``a:b`` of ``batch`` into ``out[a:b]``, as a store holds them:
+    NaN (never from the extractor) -> 0, then rounded and clipped to 0..65535 (uint16), in
+    place in torch (numpy's clip alone took longer than the three). Returns the tensor sharing
+    ``out[a:b]``'s memory."""
     import torch
 
-    xt = torch.from_numpy(x)
+    np.stack([d.patches for d in batch[a:b]], out=out[a:b])
+    xt = torch.from_numpy(out[a:b])
     return torch.nan_to_num_(xt, nan=0.0, posinf=65535.0, neginf=0.0).round_().clamp_(0, 65535)
 
 
